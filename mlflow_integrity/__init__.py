@@ -1,0 +1,93 @@
+"""mlflow-integrity: the model you serve is the model you registered.
+
+Register with :func:`register_model` to record the content digest of the stored
+artifact on the version (tag ``artifact_sha``); load with :func:`load_model` to
+refuse bytes that differ; check without loading with :func:`verify`.
+
+Names are imported on first use, so that ``import mlflow_integrity`` (and the
+pytest plugin, which pytest loads in every run) does not import MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ArtifactMissingError": "errors",
+    "ConfigurationError": "errors",
+    "Digest": "digest",
+    "DigestMismatchError": "errors",
+    "IntegrityError": "errors",
+    "MalformedTagError": "errors",
+    "Manifest": "digest",
+    "ManifestDiff": "digest",
+    "PromotionRefusedError": "errors",
+    "StoreReadError": "errors",
+    "UnsafeArtifactError": "errors",
+    "UntaggedVersionError": "errors",
+    "VerifiedModel": "load",
+    "VerifyResult": "check",
+    "backfill_version": "register",
+    "download_verified": "load",
+    "hash_tree": "digest",
+    "load_model": "load",
+    "register_model": "register",
+    "verify": "check",
+}
+
+__all__ = [
+    "ArtifactMissingError",
+    "ConfigurationError",
+    "Digest",
+    "DigestMismatchError",
+    "IntegrityError",
+    "MalformedTagError",
+    "Manifest",
+    "ManifestDiff",
+    "PromotionRefusedError",
+    "StoreReadError",
+    "UnsafeArtifactError",
+    "UntaggedVersionError",
+    "VerifiedModel",
+    "VerifyResult",
+    "__version__",
+    "backfill_version",
+    "download_verified",
+    "hash_tree",
+    "load_model",
+    "register_model",
+    "verify",
+]
+
+if TYPE_CHECKING:
+    from mlflow_integrity.check import VerifyResult, verify
+    from mlflow_integrity.digest import Digest, Manifest, ManifestDiff, hash_tree
+    from mlflow_integrity.errors import (
+        ArtifactMissingError,
+        ConfigurationError,
+        DigestMismatchError,
+        IntegrityError,
+        MalformedTagError,
+        PromotionRefusedError,
+        StoreReadError,
+        UnsafeArtifactError,
+        UntaggedVersionError,
+    )
+    from mlflow_integrity.load import VerifiedModel, download_verified, load_model
+    from mlflow_integrity.register import backfill_version, register_model
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlflow_integrity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mlflow_integrity.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

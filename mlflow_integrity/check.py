@@ -1,0 +1,284 @@
+"""Comparing what is stored, or was downloaded, with what was recorded."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow import MlflowClient
+
+from mlflow_integrity.digest import Digest, Manifest, ManifestDiff
+from mlflow_integrity.errors import (
+    ArtifactMissingError,
+    ConfigurationError,
+    DigestMismatchError,
+    IntegrityError,
+    MalformedTagError,
+    StoreReadError,
+    UntaggedVersionError,
+)
+from mlflow_integrity.registry import Record, ResolvedVersion, read_record, resolve
+from mlflow_integrity.render import render_result
+from mlflow_integrity.stores import open_store
+
+_logger = logging.getLogger(__name__)
+
+EXPECTED_DIGEST_ENV = "MLFLOW_INTEGRITY_EXPECTED_DIGEST"
+
+VERIFIED = "VERIFIED"
+MODIFIED = "MODIFIED"
+MISSING = "MISSING"
+EXTRA = "EXTRA"
+UNTAGGED = "UNTAGGED"
+MALFORMED = "MALFORMED"
+UNREADABLE = "UNREADABLE"
+STALE = "STALE"
+STATUSES = (VERIFIED, MODIFIED, MISSING, EXTRA, UNTAGGED, MALFORMED, UNREADABLE, STALE)
+
+_ERROR_FOR_STATUS: dict[str, type[IntegrityError]] = {
+    MODIFIED: DigestMismatchError,
+    EXTRA: DigestMismatchError,
+    MISSING: DigestMismatchError,
+    UNTAGGED: UntaggedVersionError,
+    MALFORMED: MalformedTagError,
+    UNREADABLE: StoreReadError,
+}
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of one check of one model version.
+
+    ``status`` is one of :data:`STATUSES`; ``diff`` lists the files that
+    differ; ``detail`` explains statuses that have no diff (a store error, a
+    malformed tag, a pin that the registry does not match).
+    """
+
+    name: str | None
+    version: str | None
+    source: str | None
+    status: str
+    expected: Digest | None = None
+    actual: Digest | None = None
+    diff: ManifestDiff = field(default_factory=ManifestDiff)
+    pin: Digest | None = None
+    record: Record | None = None
+    detail: str = ""
+    whole_artifact_missing: bool = False
+    checked_at: str = field(default_factory=now_utc)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == VERIFIED
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def error(self) -> IntegrityError | None:
+        """The error this result stands for, or None when VERIFIED."""
+        if self.ok:
+            return None
+        cls = _ERROR_FOR_STATUS.get(self.status, IntegrityError)
+        if self.status == MISSING and self.whole_artifact_missing:
+            cls = ArtifactMissingError
+        err = cls(
+            render_result(self),
+            name=self.name,
+            version=self.version,
+            source=self.source,
+            expected=str(self.expected) if self.expected else None,
+            actual=str(self.actual) if self.actual else None,
+            diff=self.diff,
+        )
+        err.status = self.status
+        return err
+
+    def raise_for_status(self) -> None:
+        """Raise the matching IntegrityError unless VERIFIED."""
+        err = self.error()
+        if err is not None:
+            raise err
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (the schema the CLI's ``--format json`` prints)."""
+
+        def entry(e: Any) -> dict[str, Any] | None:
+            return None if e is None else {"size": e.size, "digest": e.digest.hex()}
+
+        return {
+            "model_uri": self.model_uri if self.name else None,
+            "name": self.name,
+            "version": self.version,
+            "source": self.source,
+            "status": self.status,
+            "expected": str(self.expected) if self.expected else None,
+            "actual": str(self.actual) if self.actual else None,
+            "pinned": str(self.pin) if self.pin else None,
+            "recorded_at": self.record.recorded_at if self.record else None,
+            "origin": self.record.origin if self.record else None,
+            "checked_at": self.checked_at,
+            "detail": self.detail or None,
+            "files": [
+                {
+                    "path": c.path,
+                    "change": kind,
+                    "expected": entry(c.expected),
+                    "actual": entry(c.actual),
+                }
+                for kind, changes in (
+                    ("modified", self.diff.modified),
+                    ("missing", self.diff.missing),
+                    ("extra", self.diff.extra),
+                )
+                for c in changes
+            ],
+        }
+
+
+def pinned_digest(expected: str | Digest | None) -> Digest | None:
+    """The deployment's pin: the argument, else ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``.
+
+    Raises:
+        ConfigurationError: if the pin is not a well-formed digest.
+    """
+    if isinstance(expected, Digest):
+        return expected
+    text = expected or os.environ.get(EXPECTED_DIGEST_ENV) or None
+    if text is None:
+        return None
+    try:
+        return Digest.parse(text)
+    except ValueError as exc:
+        where = "expected=" if expected else EXPECTED_DIGEST_ENV
+        raise ConfigurationError(
+            f"The pinned digest ({where}) is invalid: {exc}"
+        ) from None
+
+
+def status_of(diff: ManifestDiff) -> str:
+    """The status word for a diff: a changed byte outweighs a lost file, which
+    outweighs an added one."""
+    if diff.modified:
+        return MODIFIED
+    if diff.missing:
+        return MISSING
+    if diff.extra:
+        return EXTRA
+    return VERIFIED
+
+
+def compare(
+    resolved: ResolvedVersion,
+    record: Record,
+    actual: Manifest,
+    pin: Digest | None = None,
+) -> VerifyResult:
+    """Compare an actual manifest with a version's record (and a pin)."""
+    base = {
+        "name": resolved.name,
+        "version": resolved.version,
+        "source": resolved.source,
+        "expected": record.digest,
+        "pin": pin,
+        "record": record,
+    }
+    if pin is not None and pin != record.digest:
+        return VerifyResult(
+            status=MODIFIED,
+            actual=actual.root_digest(),
+            detail=(
+                f"the deployment pins {pin}, but the registry records "
+                f"{record.digest} for this version"
+            ),
+            **base,  # type: ignore[arg-type]
+        )
+    diff = record.manifest.diff(actual)
+    return VerifyResult(
+        status=status_of(diff),
+        actual=actual.root_digest(),
+        diff=diff,
+        whole_artifact_missing=bool(diff.missing) and not actual.files,
+        **base,  # type: ignore[arg-type]
+    )
+
+
+def failed(
+    resolved: ResolvedVersion,
+    err: IntegrityError,
+    record: Record | None = None,
+    pin: Digest | None = None,
+) -> VerifyResult:
+    """A result for a check that could not read the bytes or the record."""
+    status = err.status if err.status in STATUSES else UNREADABLE
+    return VerifyResult(
+        name=resolved.name,
+        version=resolved.version,
+        source=resolved.source,
+        status=status,
+        expected=record.digest if record else None,
+        pin=pin,
+        record=record,
+        detail=err.message,
+        whole_artifact_missing=isinstance(err, ArtifactMissingError),
+    )
+
+
+def verify(
+    model_uri: str,
+    *,
+    expected: str | Digest | None = None,
+    client: MlflowClient | None = None,
+) -> VerifyResult:
+    """Check a registered version's stored artifact against its record.
+
+    Every file is re-read from the store; nothing is loaded. Integrity
+    failures are returned as the result's status, not raised.
+
+    Args:
+        model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
+            (an alias is resolved once).
+        expected: a pinned digest that the record and the bytes must both equal;
+            defaults to ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``.
+        client: an MlflowClient; the default one otherwise.
+
+    Raises:
+        ConfigurationError: if the URI or the pin is malformed, or names nothing.
+    """
+    client = client or MlflowClient()
+    pin = pinned_digest(expected)
+    resolved = resolve(client, model_uri)
+
+    try:
+        record = read_record(resolved.model_version)
+    except MalformedTagError as err:
+        return failed(resolved, err, pin=pin)
+    if record is None:
+        return VerifyResult(
+            name=resolved.name,
+            version=resolved.version,
+            source=resolved.source,
+            status=UNTAGGED,
+            pin=pin,
+        )
+
+    try:
+        actual = open_store(resolved.source).manifest(record.digest.algorithm)
+    except IntegrityError as err:
+        return failed(resolved, err, record, pin)
+
+    result = compare(resolved, record, actual, pin)
+    _log_outcome(result)
+    return result
+
+
+def _log_outcome(result: VerifyResult) -> None:
+    digest = result.expected.short if result.expected else "no digest"
+    _logger.info("%s %s (%s)", result.model_uri, result.status, digest)

@@ -1,0 +1,279 @@
+"""``mlflow-integrity``: the command line for pipelines and init containers.
+
+Exit codes, decided here and nowhere else: 0 verified, 1 integrity failure
+(the bytes or the record are not what they should be), 2 usage or
+configuration error (a bad option, URI or pin, a model that does not exist).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+EXIT_OK = 0
+EXIT_INTEGRITY = 1
+EXIT_USAGE = 2
+
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format; json is meant for scripts.",
+)
+_algorithm_option = click.option(
+    "--algorithm",
+    type=click.Choice(["blake3", "sha256"]),
+    default=None,
+    help="Digest algorithm for new digests [default: blake3, or "
+    "MLFLOW_INTEGRITY_ALGORITHM].",
+)
+
+
+def _emit(fmt: str, payload: dict[str, Any], text: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log each step to stderr.")
+@click.version_option(package_name="mlflow-integrity")
+def cli(verbose: bool) -> None:
+    """Record, verify and enforce content digests of MLflow model versions.
+
+    The registry and tracking server are the ones MLflow itself would use
+    (MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI).
+    """
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mlflow_integrity").setLevel(
+        logging.INFO if verbose else logging.WARNING
+    )
+
+
+@cli.command()
+@click.argument("path_or_uri")
+@_algorithm_option
+@click.option("--manifest", is_flag=True, help="Print the canonical manifest too.")
+@_format_option
+def digest(path_or_uri: str, algorithm: str | None, manifest: bool, fmt: str) -> None:
+    """Print the digest of a local model directory or a stored artifact.
+
+    PATH_OR_URI is a directory, a storage URI (file:, mlflow-artifacts:,
+    s3:, ...), runs:/<id>/<path>, models:/m-<id> or models:/<name>/<version>.
+    Nothing is recorded.
+    """
+    from mlflow_integrity.register import default_algorithm, storage_location
+    from mlflow_integrity.stores import open_store
+
+    algorithm = algorithm or default_algorithm()
+    if os.path.isdir(path_or_uri):
+        location = os.path.abspath(path_or_uri)
+    elif ":" in path_or_uri:
+        location = storage_location(path_or_uri)
+    else:
+        raise click.BadParameter(
+            f"{path_or_uri!r} is neither a directory nor a URI.",
+            param_hint="PATH_OR_URI",
+        )
+    tree = open_store(location).manifest(algorithm)
+    root = tree.root_digest()
+    payload = {
+        "digest": str(root),
+        "source": location,
+        "files": len(tree.files),
+        "bytes": tree.total_size,
+    }
+    text = str(root)
+    if manifest:
+        payload["manifest"] = tree.canonical_bytes().decode("utf-8")
+        text += "\n" + payload["manifest"].rstrip("\n")
+    _emit(fmt, payload, text)
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.argument("name")
+@_algorithm_option
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Extra tag.")
+@_format_option
+def register(
+    model_uri: str, name: str, algorithm: str | None, tags: tuple[str, ...], fmt: str
+) -> None:
+    """Register MODEL_URI as a new version of NAME, recording its digest."""
+    from mlflow_integrity.register import register_model
+    from mlflow_integrity.registry import ARTIFACT_SHA, SOURCE
+
+    extra = {}
+    for item in tags:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE.", param_hint="--tag")
+        extra[key] = value
+    mv = register_model(model_uri, name, tags=extra, algorithm=algorithm)
+    digest_text = mv.tags[ARTIFACT_SHA]
+    payload = {
+        "model_uri": f"models:/{mv.name}/{mv.version}",
+        "name": mv.name,
+        "version": str(mv.version),
+        "artifact_sha": digest_text,
+        "source": mv.tags.get(SOURCE),
+    }
+    _emit(
+        fmt,
+        payload,
+        f"models:/{mv.name}/{mv.version} {ARTIFACT_SHA}={digest_text}",
+    )
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option(
+    "--expect",
+    default=None,
+    metavar="DIGEST",
+    help="Pinned digest (default: MLFLOW_INTEGRITY_EXPECTED_DIGEST).",
+)
+@_format_option
+def verify(model_uri: str, expect: str | None, fmt: str) -> None:
+    """Re-read a registered version's stored bytes and compare them with its
+    recorded digest. Exits 1 unless VERIFIED."""
+    from mlflow_integrity.check import verify as verify_uri
+    from mlflow_integrity.render import render_result
+
+    result = verify_uri(model_uri, expected=expect)
+    _emit(fmt, result.to_dict(), render_result(result))
+    if not result.ok:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+@cli.command()
+@click.option(
+    "--name",
+    "pattern",
+    required=True,
+    metavar="PATTERN",
+    help="Registered model name, or a shell pattern such as 'fraud-*'.",
+)
+@click.option("--version", "only_version", default=None, help="Only this version.")
+@click.option("--dry-run", is_flag=True, help="Hash, but record nothing.")
+@_algorithm_option
+@_format_option
+def backfill(
+    pattern: str,
+    only_version: str | None,
+    dry_run: bool,
+    algorithm: str | None,
+    fmt: str,
+) -> None:
+    """Record digests for versions registered without one.
+
+    The bytes are trusted as they are now (trust on first use) and the record
+    says so (integrity.origin=backfill). A version that already has a digest
+    is never overwritten.
+    """
+    from mlflow import MlflowClient
+
+    from mlflow_integrity.errors import IntegrityError
+    from mlflow_integrity.register import backfill_version
+
+    client = MlflowClient()
+    rows: list[dict[str, Any]] = []
+    for name in _matching_models(client, pattern):
+        versions = [only_version] if only_version else _versions(client, name)
+        for version in versions:
+            row: dict[str, Any] = {"model_uri": f"models:/{name}/{version}"}
+            try:
+                record = backfill_version(
+                    name, version, algorithm=algorithm, dry_run=dry_run, client=client
+                )
+            except IntegrityError as err:
+                row.update(outcome="failed", status=err.status, detail=err.message)
+            else:
+                if record is None:
+                    row.update(outcome="already recorded")
+                else:
+                    outcome = "would record" if dry_run else "recorded"
+                    row.update(outcome=outcome, artifact_sha=str(record.digest))
+            rows.append(row)
+    if not rows:
+        raise click.BadParameter(
+            f"No registered model matches {pattern!r}.", param_hint="--name"
+        )
+    lines = [
+        f"{r['model_uri']}  {r['outcome']}  "
+        f"{r.get('artifact_sha', r.get('detail', ''))}"
+        for r in rows
+    ]
+    _emit(fmt, {"versions": rows, "dry_run": dry_run}, "\n".join(lines))
+    if any(r["outcome"] == "failed" for r in rows):
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+def _matching_models(client: Any, pattern: str) -> list[str]:
+    if not any(ch in pattern for ch in "*?["):
+        return [pattern]
+    names = [m.name for m in _pages(client.search_registered_models)]
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+
+def _versions(client: Any, name: str) -> list[str]:
+    versions = _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+    return sorted((str(v.version) for v in versions), key=int)
+
+
+def _pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
+    items: list[Any] = []
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        items.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map every error class to its exit code."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_integrity.errors import ConfigurationError, IntegrityError
+
+    try:
+        cli.main(args=argv, prog_name="mlflow-integrity", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except ConfigurationError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        return EXIT_USAGE
+    except IntegrityError as exc:
+        click.echo(exc.message, err=True)
+        return EXIT_INTEGRITY
+    except (MlflowException, NotImplementedError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        click.echo(f"error: {message}", err=True)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Content digests of model artifact trees (spec version 1, docs/digest-spec.md).
+
+A model directory is reduced to a :class:`Manifest`: one entry per regular file,
+with its canonical relative path, its size and the digest of its bytes. The
+manifest has canonical bytes, and the hash of those bytes is the root
+:class:`Digest` that is recorded on a model version as ``artifact_sha``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import blake3
+
+from mlflow_integrity.errors import ConfigurationError, UnsafeArtifactError
+
+_logger = logging.getLogger(__name__)
+
+SPEC_VERSION = 1
+ALGORITHMS = ("blake3", "sha256")
+DEFAULT_ALGORITHM = "blake3"
+
+# MLflow writes this file into a model directory whenever a ``models:/`` URI is
+# downloaded, and into a local artifact store itself when no destination is
+# given. Covering it would turn every plain MLflow download into a change.
+IGNORED_ROOT_FILES = frozenset({"registered_model_meta"})
+
+_HEADER_PREFIX = "mlflow-integrity-manifest/"
+_DIGEST_SIZE = 32
+
+# Files at least this large are hashed by BLAKE3's multithreaded mmap path;
+# below it, one sequential read loop over a reused buffer is faster (thread
+# start-up and mapping cost more than they save). Measured in bench/.
+MMAP_THRESHOLD = 4 * 1024 * 1024
+_READ_SIZE = 1024 * 1024
+
+
+class Hasher(Protocol):
+    """The part of ``hashlib`` and ``blake3`` objects that hashing needs."""
+
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+    def digest(self) -> bytes: ...
+
+
+def check_algorithm(algorithm: str) -> str:
+    """Return ``algorithm`` if it is supported, else raise ConfigurationError."""
+    if algorithm not in ALGORITHMS:
+        raise ConfigurationError(
+            f"Unsupported digest algorithm {algorithm!r}; "
+            f"choose one of {', '.join(ALGORITHMS)}."
+        )
+    return algorithm
+
+
+def new_hasher(algorithm: str) -> Hasher:
+    """Return a fresh incremental hasher for ``algorithm``."""
+    check_algorithm(algorithm)
+    if algorithm == "blake3":
+        return blake3.blake3()  # type: ignore[no-any-return]
+    return hashlib.sha256()
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    """An algorithm and the bytes of a hash; ``str()`` gives ``algorithm:hex``."""
+
+    algorithm: str
+    value: bytes
+
+    def __post_init__(self) -> None:
+        check_algorithm(self.algorithm)
+        if len(self.value) != _DIGEST_SIZE:
+            raise ValueError(
+                f"A {self.algorithm} digest has {_DIGEST_SIZE} bytes, "
+                f"not {len(self.value)}."
+            )
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.value.hex()}"
+
+    @property
+    def hex(self) -> str:
+        """The digest as 64 lower-case hex characters."""
+        return self.value.hex()
+
+    @property
+    def short(self) -> str:
+        """``algorithm:`` and the first 12 hex characters, for log lines."""
+        return f"{self.algorithm}:{self.value.hex()[:12]}"
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse ``blake3:<64 hex>`` or ``sha256:<64 hex>``.
+
+        Raises:
+            ValueError: if the text is not a well-formed digest.
+        """
+        algorithm, sep, hex_part = text.strip().partition(":")
+        if not sep or algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"{text!r} is not a digest; expected 'blake3:<64 hex>' or "
+                "'sha256:<64 hex>'."
+            )
+        if len(hex_part) != 2 * _DIGEST_SIZE or hex_part != hex_part.lower():
+            raise ValueError(
+                f"{text!r} is not a digest: the hex part must be "
+                f"{2 * _DIGEST_SIZE} lower-case hex characters."
+            )
+        try:
+            value = bytes.fromhex(hex_part)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a digest: bad hex.") from None
+        return cls(algorithm, value)
+
+    @classmethod
+    def of_bytes(cls, algorithm: str, data: bytes) -> Digest:
+        """Hash ``data`` in memory."""
+        hasher = new_hasher(algorithm)
+        hasher.update(data)
+        return cls(algorithm, hasher.digest())
+
+
+@dataclass(frozen=True, order=True)
+class FileEntry:
+    """One covered file: canonical path, size in bytes, digest of its bytes."""
+
+    path: str
+    size: int
+    digest: bytes
+
+    @property
+    def sort_key(self) -> bytes:
+        return self.path.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """A file whose expected and actual entries differ (either may be absent)."""
+
+    path: str
+    expected: FileEntry | None
+    actual: FileEntry | None
+
+
+@dataclass(frozen=True)
+class ManifestDiff:
+    """What differs between an expected and an actual manifest, sorted by path."""
+
+    modified: tuple[FileChange, ...] = ()
+    missing: tuple[FileChange, ...] = ()
+    extra: tuple[FileChange, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.modified or self.missing or self.extra)
+
+    @property
+    def changes(self) -> tuple[FileChange, ...]:
+        """Every change, sorted by path."""
+        every = self.modified + self.missing + self.extra
+        return tuple(sorted(every, key=lambda c: c.path.encode("utf-8")))
+
+
+def canonical_path(raw: str) -> str:
+    """Return the canonical form of a relative path, or raise.
+
+    The path uses ``/`` separators; it is normalised to Unicode NFC and must not
+    be absolute, contain empty, ``.`` or ``..`` segments, or control characters.
+
+    Raises:
+        UnsafeArtifactError: if the path cannot be covered safely.
+    """
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeArtifactError(
+            f"File name {raw!r} is not valid UTF-8 and cannot be covered by a "
+            "digest; rename the file."
+        ) from None
+    path = unicodedata.normalize("NFC", raw)
+    if not path or path.startswith("/"):
+        raise UnsafeArtifactError(
+            f"Path {raw!r} is absolute or empty; only paths relative to the "
+            "model root can be covered."
+        )
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise UnsafeArtifactError(
+                f"Path {raw!r} has an empty, '.' or '..' segment and could "
+                "escape the model root; refusing it."
+            )
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+        raise UnsafeArtifactError(
+            f"Path {raw!r} contains a control character (such as a newline), "
+            "which the canonical manifest cannot represent; rename the file."
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The covered files of a model tree, sorted by the UTF-8 bytes of paths."""
+
+    algorithm: str
+    files: tuple[FileEntry, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        check_algorithm(self.algorithm)
+        ordered = tuple(sorted(self.files, key=lambda e: e.sort_key))
+        object.__setattr__(self, "files", ordered)
+        for before, after in zip(ordered, ordered[1:], strict=False):
+            if before.path == after.path:
+                raise UnsafeArtifactError(
+                    f"Two files share the path {after.path!r} after Unicode "
+                    "NFC normalisation; rename one of them."
+                )
+
+    @classmethod
+    def from_entries(
+        cls, algorithm: str, entries: Iterable[tuple[str, int, bytes]]
+    ) -> Manifest:
+        """Build a manifest from raw ``(path, size, digest)`` triples.
+
+        Paths are made canonical; the root ``registered_model_meta`` file is
+        dropped.
+
+        Raises:
+            UnsafeArtifactError: for a path that cannot be covered, or two paths
+                that are equal after NFC normalisation.
+        """
+        files = []
+        for raw_path, size, digest in entries:
+            path = canonical_path(raw_path)
+            if path in IGNORED_ROOT_FILES:
+                continue
+            files.append(FileEntry(path, size, digest))
+        return cls(algorithm, tuple(files))
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes the root digest is computed over (see the spec)."""
+        lines = [f"{_HEADER_PREFIX}{SPEC_VERSION} {self.algorithm}\n"]
+        lines.extend(f"{e.digest.hex()} {e.size} {e.path}\n" for e in self.files)
+        return "".join(lines).encode("utf-8")
+
+    def root_digest(self) -> Digest:
+        """The root digest: the hash of :meth:`canonical_bytes`."""
+        return Digest.of_bytes(self.algorithm, self.canonical_bytes())
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.files)
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {e.path: e for e in self.files}
+
+    @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        """Parse canonical manifest bytes, strictly.
+
+        Raises:
+            ValueError: unless ``data`` is exactly what :meth:`canonical_bytes`
+                of the parsed manifest returns.
+        """
+        text = data.decode("utf-8")
+        if not text.endswith("\n"):
+            raise ValueError("A canonical manifest ends with a newline.")
+        header, *rows = text[:-1].split("\n")
+        prefix, _, algorithm = header.partition(" ")
+        if prefix != f"{_HEADER_PREFIX}{SPEC_VERSION}":
+            raise ValueError(f"Unknown manifest header {header!r}.")
+        files = []
+        for row in rows:
+            hex_part, _, rest = row.partition(" ")
+            size_part, _, path = rest.partition(" ")
+            if not size_part.isdigit() or not path:
+                raise ValueError(f"Malformed manifest line {row!r}.")
+            files.append(FileEntry(path, int(size_part), bytes.fromhex(hex_part)))
+        manifest = cls(algorithm, tuple(files))
+        if manifest.canonical_bytes() != data:
+            raise ValueError("Manifest bytes are not in canonical form.")
+        return manifest
+
+    def diff(self, actual: Manifest) -> ManifestDiff:
+        """Compare this (expected) manifest with an ``actual`` one.
+
+        Raises:
+            ValueError: if the two manifests use different algorithms.
+        """
+        if actual.algorithm != self.algorithm:
+            raise ValueError(
+                f"Cannot compare a {self.algorithm} manifest with a "
+                f"{actual.algorithm} one; hash again with {self.algorithm}."
+            )
+        expected_files = self.by_path()
+        actual_files = actual.by_path()
+        modified, missing, extra = [], [], []
+        for path, want in expected_files.items():
+            got = actual_files.get(path)
+            if got is None:
+                missing.append(FileChange(path, want, None))
+            elif got != want:
+                modified.append(FileChange(path, want, got))
+        for path, got in actual_files.items():
+            if path not in expected_files:
+                extra.append(FileChange(path, None, got))
+        return ManifestDiff(tuple(modified), tuple(missing), tuple(extra))
+
+
+# --- hashing local trees -----------------------------------------------------
+
+
+def _hash_open_file(
+    fd: int, algorithm: str, buffer: bytearray, view: memoryview
+) -> tuple[int, bytes]:
+    hasher = new_hasher(algorithm)
+    size = 0
+    while True:
+        n = os.readv(fd, [buffer])
+        if not n:
+            break
+        size += n
+        hasher.update(view[:n])
+    return size, hasher.digest()
+
+
+def hash_file(
+    path: str, algorithm: str = DEFAULT_ALGORITHM, *, buffer: bytearray | None = None
+) -> tuple[int, bytes]:
+    """Hash one local file; return its size and digest.
+
+    Large BLAKE3 inputs go through the multithreaded mmap path, everything else
+    through a sequential loop over ``buffer`` (allocated once per tree).
+
+    Raises:
+        UnsafeArtifactError: if the file changed size while it was being read.
+    """
+    if buffer is None:
+        buffer = bytearray(_READ_SIZE)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size_before = os.fstat(fd).st_size
+        if algorithm == "blake3" and size_before >= MMAP_THRESHOLD:
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            hasher.update_mmap(path)
+            size, digest = size_before, hasher.digest()
+        else:
+            size, digest = _hash_open_file(fd, algorithm, buffer, memoryview(buffer))
+        size_after = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size != size_after:
+        raise UnsafeArtifactError(
+            f"{path} changed size while it was being hashed "
+            f"({size} bytes read, {size_after} now); something is still "
+            "writing it. Hash again once the writer has finished."
+        )
+    return size, digest
+
+
+def iter_tree(root: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(relative posix path, absolute path)`` of every covered file.
+
+    Directories are walked in sorted order; symlinks are followed only while
+    they stay inside ``root``.
+
+    Raises:
+        UnsafeArtifactError: for a symlink that leaves the tree or dangles, and
+            for anything that is neither a regular file nor a directory.
+    """
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise UnsafeArtifactError(f"{root} is not a directory.")
+    yield from _walk(real_root, "", real_root, {real_root})
+
+
+def _walk(
+    directory: str, prefix: str, real_root: str, active: set[str]
+) -> Iterator[tuple[str, str]]:
+    with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        rel = prefix + entry.name
+        full = entry.path
+        if entry.is_symlink():
+            target = os.path.realpath(full)
+            if target != real_root and not target.startswith(real_root + os.sep):
+                raise UnsafeArtifactError(
+                    f"Symlink {rel!r} points outside the model directory "
+                    f"(to {target}); copy the file into the model instead."
+                )
+            if not os.path.exists(target):
+                raise UnsafeArtifactError(f"Symlink {rel!r} dangles.")
+            full = target
+        mode = os.stat(full).st_mode
+        if stat.S_ISREG(mode):
+            yield rel, full
+        elif stat.S_ISDIR(mode):
+            real_dir = os.path.realpath(full)
+            if real_dir in active:
+                raise UnsafeArtifactError(
+                    f"Symlink {rel!r} loops back to a directory that contains it."
+                )
+            active.add(real_dir)
+            yield from _walk(full, rel + "/", real_root, active)
+            active.discard(real_dir)
+        else:
+            raise UnsafeArtifactError(
+                f"{rel!r} is neither a regular file nor a directory "
+                "(a socket, FIFO or device); a model cannot contain it."
+            )
+
+
+def hash_tree(root: str, algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
+    """Hash every covered file under a local directory.
+
+    Raises:
+        UnsafeArtifactError: for paths or links that cannot be covered.
+    """
+    check_algorithm(algorithm)
+    buffer = bytearray(_READ_SIZE)
+    entries = []
+    for rel, full in iter_tree(root):
+        if rel in IGNORED_ROOT_FILES:
+            continue
+        size, digest = hash_file(full, algorithm, buffer=buffer)
+        _logger.debug("hashed %s (%d bytes)", rel, size)
+        entries.append((rel, size, digest))
+    return Manifest.from_entries(algorithm, entries)
