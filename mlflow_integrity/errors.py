@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode
 
 if TYPE_CHECKING:
     from mlflow_integrity.digest import ManifestDiff
@@ -43,9 +44,8 @@ class IntegrityError(MlflowException):  # type: ignore[misc]
         error_code: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            message, error_code=error_code or self.default_error_code, **kwargs
-        )
+        code = ErrorCode.Value(error_code or self.default_error_code)
+        super().__init__(message, error_code=code, **kwargs)
         self.name = name
         self.version = version
         self.source = source

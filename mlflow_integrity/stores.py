@@ -137,7 +137,9 @@ class ArtifactRepositoryStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
 
-    def _download(self, dest: str) -> None:
+    def _download(self, into: str) -> str:
+        """Download the tree below ``into``; return the directory holding it
+        (MLflow names it after the last segment of the URI)."""
         import mlflow.artifacts
 
         try:
@@ -155,7 +157,11 @@ class ArtifactRepositoryStore:
                 source=self.uri,
             )
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=self.uri, dst_path=dest)
+            return str(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=self.uri, dst_path=into
+                )
+            )
         except MlflowException as exc:
             raise _store_error(self.uri, exc) from exc
         except Exception as exc:
@@ -165,11 +171,16 @@ class ArtifactRepositoryStore:
 
     def manifest(self, algorithm: str) -> Manifest:
         with tempfile.TemporaryDirectory(prefix="mlflow-integrity-hash-") as tmp:
-            self._download(tmp)
-            return hash_tree(tmp, algorithm)
+            return hash_tree(self._download(tmp), algorithm)
 
     def fetch(self, dest: str, algorithm: str) -> Manifest:
-        self._download(dest)
+        staging = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(dest))
+        try:
+            downloaded = self._download(staging)
+            os.rmdir(dest)
+            os.replace(downloaded, dest)
+        finally:
+            remove_tree(staging)
         return hash_tree(dest, algorithm)
 
 
