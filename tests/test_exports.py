@@ -1,0 +1,52 @@
+"""The public surface of the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow_integrity
+
+
+def test_all_matches_what_the_package_exports():
+    """__all__ names exactly the lazily exported names and __version__."""
+    assert sorted(mlflow_integrity.__all__) == sorted(
+        [*mlflow_integrity._EXPORTS, "__version__"]
+    )
+    for name in mlflow_integrity.__all__:
+        assert getattr(mlflow_integrity, name) is not None
+
+
+def test_public_functions_are_not_shadowed_by_modules():
+    """mlflow_integrity.verify is the function even after every module loaded."""
+    import mlflow_integrity.check  # noqa: F401
+    import mlflow_integrity.load  # noqa: F401
+
+    assert callable(mlflow_integrity.verify)
+    assert callable(mlflow_integrity.load_model)
+
+
+def test_import_does_not_import_mlflow():
+    """Importing the package (as pytest does for the plugin) stays cheap."""
+    code = "import sys, mlflow_integrity; print('mlflow' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_errors_are_mlflow_exceptions_with_4xx_codes():
+    """Every IntegrityError is an MlflowException with a non-retried status."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_integrity import errors
+
+    classes = [
+        getattr(errors, n)
+        for n in dir(errors)
+        if n.endswith("Error") and issubclass(getattr(errors, n), errors.IntegrityError)
+    ]
+    for cls in classes:
+        err = cls("x")
+        assert isinstance(err, MlflowException)
+        assert 400 <= err.get_http_status_code() < 500, cls

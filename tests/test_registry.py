@@ -1,0 +1,127 @@
+"""Model URI parsing and the encoding of the integrity record in tags."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from mlflow_integrity import registry
+from mlflow_integrity.digest import Digest, Manifest
+from mlflow_integrity.errors import ConfigurationError, MalformedTagError
+
+
+def version_with(tags: dict[str, str]) -> SimpleNamespace:
+    return SimpleNamespace(name="m", version="3", tags=tags)
+
+
+def big_manifest(count: int) -> Manifest:
+    entries = [
+        (
+            f"shard-{i:05d}/weights.bin",
+            i,
+            Digest.of_bytes("blake3", str(i).encode()).value,
+        )
+        for i in range(count)
+    ]
+    return Manifest.from_entries("blake3", entries)
+
+
+@pytest.mark.parametrize(
+    ("uri", "fields"),
+    [
+        ("models:/iris/3", {"name": "iris", "version": "3"}),
+        ("models:/iris@champion", {"name": "iris", "alias": "champion"}),
+        ("models:/iris/Production", {"name": "iris", "stage": "Production"}),
+        ("models:/iris/latest", {"name": "iris", "stage": "latest"}),
+    ],
+)
+def test_parse_model_uri(uri, fields):
+    """The registry URI forms parse into name and selector."""
+    ref = registry.parse_model_uri(uri)
+
+    assert {k: getattr(ref, k) for k in fields} == fields
+
+
+def test_parse_content_pin():
+    """models:/name@blake3:<hex> is a content pin, not an alias."""
+    pin = "blake3:" + "ab" * 32
+
+    ref = registry.parse_model_uri(f"models:/iris@{pin}")
+
+    assert ref.alias is None and str(ref.pin) == pin
+
+
+@pytest.mark.parametrize(
+    "uri", ["runs:/abc/model", "models:/", "models:/iris", "models:/iris@blake3:12"]
+)
+def test_unparseable_uris(uri):
+    """Non-registry and incomplete URIs are configuration errors."""
+    with pytest.raises(ConfigurationError):
+        registry.parse_model_uri(uri)
+
+
+def test_logged_model_uri_is_not_implemented():
+    """models:/m-<id> is refused plainly: a logged model has no registry record."""
+    with pytest.raises(NotImplementedError, match="logged model"):
+        registry.parse_model_uri("models:/m-0123456789abcdef")
+
+
+def test_record_round_trip():
+    """A record written to tags reads back equal."""
+    record = registry.Record.new(big_manifest(3), "file:///store/m")
+
+    back = registry.read_record(version_with(record.to_tags()))
+
+    assert back == record
+
+
+def test_large_manifest_is_split_and_read_back():
+    """A manifest too large for one tag is split in parts and reassembled."""
+    record = registry.Record.new(big_manifest(5000), "s3://bucket/m")
+
+    tags = record.to_tags()
+
+    assert tags[registry.MANIFEST].startswith("parts:")
+    assert all(len(v) <= 60_000 for v in tags.values())
+    assert registry.read_record(version_with(tags)) == record
+
+
+def test_missing_manifest_part_is_malformed():
+    """A lost manifest part makes the record MALFORMED, not silently shorter."""
+    tags = registry.Record.new(big_manifest(5000), "s3://bucket/m").to_tags()
+    del tags[f"{registry.MANIFEST}.2"]
+
+    with pytest.raises(MalformedTagError, match="models:/m/3"):
+        registry.read_record(version_with(tags))
+
+
+def test_untagged_reads_as_none():
+    """A version without artifact_sha has no record."""
+    assert registry.read_record(version_with({"team": "a"})) is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {registry.ARTIFACT_SHA: "blake3:nothex"},
+        {registry.MANIFEST: "zlib+base64:!!!"},
+        {registry.MANIFEST: "gzip:abc"},
+    ],
+)
+def test_garbled_tags_are_malformed(edit):
+    """Digests and manifests that do not parse are MALFORMED, with the version."""
+    tags = registry.Record.new(big_manifest(2), "file:///m").to_tags() | edit
+
+    with pytest.raises(MalformedTagError) as caught:
+        registry.read_record(version_with(tags))
+
+    assert caught.value.status == "MALFORMED"
+    assert "models:/m/3" in str(caught.value)
+
+
+def test_integrity_tag_names():
+    """artifact_sha and integrity.* are reserved; other tags are not."""
+    assert registry.is_integrity_tag("artifact_sha")
+    assert registry.is_integrity_tag("integrity.origin")
+    assert not registry.is_integrity_tag("team")
