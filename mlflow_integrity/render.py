@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -9,6 +10,7 @@ if TYPE_CHECKING:
     from mlflow_integrity.digest import FileChange, FileEntry, ManifestDiff
 
 _LABEL_WIDTH = 10
+_WRAP = 88
 
 
 def _entry(label: str, entry: FileEntry | None, algorithm: str) -> str:
@@ -36,40 +38,46 @@ def render_diff(diff: ManifestDiff, algorithm: str) -> list[str]:
     return lines
 
 
-def _next_step(result: VerifyResult) -> str:
+def _next_step(result: VerifyResult) -> tuple[str, str]:
+    """What to do next, in words, and the command to run."""
     uri = result.model_uri
     status = result.status
+    verify = f"mlflow-integrity verify {uri}"
     if status == "UNTAGGED":
         return (
             f"{uri} has no recorded digest, so its bytes cannot be checked. "
-            "Record one (trust on first use) with "
-            f"`mlflow-integrity backfill --name {result.name} --version "
-            f"{result.version}`, or register the model again with "
-            "mlflow_integrity.register_model; to load it unchecked, pass "
-            "allow_untagged=True."
+            "Record one (trust on first use, marked as such), or register the "
+            "model again with mlflow_integrity.register_model; to load it "
+            "unchecked, pass allow_untagged=True. To record one:",
+            f"mlflow-integrity backfill --name {result.name} --version "
+            f"{result.version}",
         )
     if status == "MALFORMED":
         return (
             "Do not serve this version until its record is repaired: the "
-            "integrity tags were edited or truncated outside mlflow-integrity."
+            "integrity tags were edited or truncated outside mlflow-integrity. "
+            "Compare them with the registry's backup; then check again:",
+            verify,
         )
     if status == "UNREADABLE":
         return (
             "Nothing is known about the bytes. Fix access to the store (the "
-            f"error above is the store's own), then run "
-            f"`mlflow-integrity verify {uri}` again."
+            "error above is the store's own), then check again:",
+            verify,
         )
     if result.pin is not None and result.expected != result.pin:
         return (
             "Either the deployment pins the wrong digest, or the version was "
-            "re-recorded after the pin was taken: compare the pin with "
-            f"`mlflow-integrity verify {uri}` and deploy the version you meant."
+            "re-recorded after the pin was taken. Deploy the version whose "
+            "digest is pinned, or update the pin after checking this version:",
+            verify,
         )
     return (
-        "Nothing was loaded. If the change was intended, register the new "
+        "Bytes that fail this check are never loaded. If the change was "
+        "intended, register the new "
         "bytes as a new version; otherwise restore the files listed above "
-        "(from a backup or the store's version history) and check again "
-        f"with `mlflow-integrity verify {uri}`."
+        "(from a backup or the store's version history) and check again:",
+        verify,
     )
 
 
@@ -103,5 +111,7 @@ def render_result(result: VerifyResult) -> str:
     algorithm = result.expected.algorithm if result.expected else "blake3"
     lines.extend(render_diff(result.diff, algorithm))
     if not result.ok:
-        lines.append(_next_step(result))
+        advice, command = _next_step(result)
+        lines.append(textwrap.fill(advice, width=_WRAP))
+        lines.append(f"    {command}")
     return "\n".join(lines)
