@@ -70,9 +70,8 @@ def main(folder: Path) -> int:
 
     say("Load it verified and predict")
     loaded = mlflow_integrity.load_model("models:/iris/1")
-    print(
-        f"    verified; prediction for 3 flowers: {loaded.predict(features[:3]).tolist()}"
-    )
+    predictions = loaded.predict(features[:3]).tolist()
+    print(f"    verified; prediction for 3 flowers: {predictions}")
 
     say("Change one byte of the weights file in the artifact store")
     client = mlflow.MlflowClient()

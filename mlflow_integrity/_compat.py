@@ -26,7 +26,7 @@ def parse_runs_uri(runs_uri: str) -> tuple[str, str]:
     """Split ``runs:/<run_id>/<path>`` into the run id and the path."""
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-    run_id, path = RunsArtifactRepository.parse_runs_uri(runs_uri)
+    run_id, path = RunsArtifactRepository.parse_runs_uri(runs_uri)  # type: ignore[no-untyped-call]
     return str(run_id), str(path or "")
 
 

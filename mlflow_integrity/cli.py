@@ -91,7 +91,7 @@ def digest(path_or_uri: str, algorithm: str | None, manifest: bool, fmt: str) ->
         )
     tree = open_store(location).manifest(algorithm)
     root = tree.root_digest()
-    payload = {
+    payload: dict[str, Any] = {
         "digest": str(root),
         "source": location,
         "files": len(tree.files),
@@ -99,8 +99,9 @@ def digest(path_or_uri: str, algorithm: str | None, manifest: bool, fmt: str) ->
     }
     text = str(root)
     if manifest:
-        payload["manifest"] = tree.canonical_bytes().decode("utf-8")
-        text += "\n" + payload["manifest"].rstrip("\n")
+        canonical = tree.canonical_bytes().decode("utf-8")
+        payload["manifest"] = canonical
+        text += "\n" + canonical.rstrip("\n")
     _emit(fmt, payload, text)
 
 

@@ -9,6 +9,8 @@ manifest has canonical bytes, and the hash of those bytes is the root
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import logging
 import os
 import stat
@@ -33,6 +35,18 @@ DEFAULT_ALGORITHM = "blake3"
 IGNORED_ROOT_FILES = frozenset({"registered_model_meta"})
 
 _HEADER_PREFIX = "mlflow-integrity-manifest/"
+
+# Control characters and line separators could split a manifest line. An
+# unassigned code point may be assigned by a later Unicode release with a
+# combining class that makes NFC reorder it, which would change the digest of
+# the same name between Python versions; assigned characters are NFC-stable.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cn": "an unassigned code point",
+    "Cs": "a lone surrogate",
+}
 _DIGEST_SIZE = 32
 
 # Files at least this large are hashed by BLAKE3's multithreaded mmap path;
@@ -64,7 +78,7 @@ def new_hasher(algorithm: str) -> Hasher:
     """Return a fresh incremental hasher for ``algorithm``."""
     check_algorithm(algorithm)
     if algorithm == "blake3":
-        return blake3.blake3()  # type: ignore[no-any-return]
+        return blake3.blake3()
     return hashlib.sha256()
 
 
@@ -128,6 +142,10 @@ class Digest:
         return cls(algorithm, hasher.digest())
 
 
+def _is_lower_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdef" for ch in text)
+
+
 @dataclass(frozen=True, order=True)
 class FileEntry:
     """One covered file: canonical path, size in bytes, digest of its bytes."""
@@ -138,6 +156,7 @@ class FileEntry:
 
     @property
     def sort_key(self) -> bytes:
+        """The canonical order: the UTF-8 bytes of the path."""
         return self.path.encode("utf-8")
 
 
@@ -172,7 +191,8 @@ def canonical_path(raw: str) -> str:
     """Return the canonical form of a relative path, or raise.
 
     The path uses ``/`` separators; it is normalised to Unicode NFC and must not
-    be absolute, contain empty, ``.`` or ``..`` segments, or control characters.
+    be absolute, contain empty, ``.`` or ``..`` segments, control characters
+    (C0, DEL, C1), line or paragraph separators, or unassigned code points.
 
     Raises:
         UnsafeArtifactError: if the path cannot be covered safely.
@@ -196,11 +216,14 @@ def canonical_path(raw: str) -> str:
                 f"Path {raw!r} has an empty, '.' or '..' segment and could "
                 "escape the model root; refusing it."
             )
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
-        raise UnsafeArtifactError(
-            f"Path {raw!r} contains a control character (such as a newline), "
-            "which the canonical manifest cannot represent; rename the file."
-        )
+    for ch in path:
+        category = unicodedata.category(ch)
+        if category in _REFUSED_CATEGORIES:
+            raise UnsafeArtifactError(
+                f"Path {raw!r} contains {_REFUSED_CATEGORIES[category]} "
+                f"(U+{ord(ch):04X}), which the canonical manifest does not "
+                "admit; rename the file."
+            )
     return path
 
 
@@ -215,7 +238,7 @@ class Manifest:
         check_algorithm(self.algorithm)
         ordered = tuple(sorted(self.files, key=lambda e: e.sort_key))
         object.__setattr__(self, "files", ordered)
-        for before, after in zip(ordered, ordered[1:], strict=False):
+        for before, after in itertools.pairwise(ordered):
             if before.path == after.path:
                 raise UnsafeArtifactError(
                     f"Two files share the path {after.path!r} after Unicode "
@@ -255,9 +278,11 @@ class Manifest:
 
     @property
     def total_size(self) -> int:
+        """The sum of the covered files' sizes, in bytes."""
         return sum(e.size for e in self.files)
 
     def by_path(self) -> dict[str, FileEntry]:
+        """The entries keyed by canonical path."""
         return {e.path: e for e in self.files}
 
     @classmethod
@@ -273,16 +298,30 @@ class Manifest:
             raise ValueError("A canonical manifest ends with a newline.")
         header, *rows = text[:-1].split("\n")
         prefix, _, algorithm = header.partition(" ")
-        if prefix != f"{_HEADER_PREFIX}{SPEC_VERSION}":
+        if prefix != f"{_HEADER_PREFIX}{SPEC_VERSION}" or algorithm not in ALGORITHMS:
             raise ValueError(f"Unknown manifest header {header!r}.")
         files = []
         for row in rows:
             hex_part, _, rest = row.partition(" ")
             size_part, _, path = rest.partition(" ")
-            if not size_part.isdigit() or not path:
+            if (
+                len(hex_part) != 2 * _DIGEST_SIZE
+                or not _is_lower_hex(hex_part)
+                or not size_part.isdigit()
+                or not path
+            ):
                 raise ValueError(f"Malformed manifest line {row!r}.")
+            try:
+                canonical = canonical_path(path)
+            except UnsafeArtifactError as exc:
+                raise ValueError(f"Manifest line {row!r}: {exc.message}") from None
+            if canonical != path or path in IGNORED_ROOT_FILES:
+                raise ValueError(f"Manifest line {row!r} has a non-canonical path.")
             files.append(FileEntry(path, int(size_part), bytes.fromhex(hex_part)))
-        manifest = cls(algorithm, tuple(files))
+        try:
+            manifest = cls(algorithm, tuple(files))
+        except UnsafeArtifactError as exc:
+            raise ValueError(exc.message) from None
         if manifest.canonical_bytes() != data:
             raise ValueError("Manifest bytes are not in canonical form.")
         return manifest
@@ -317,44 +356,56 @@ class Manifest:
 
 
 def _hash_open_file(
-    fd: int, algorithm: str, buffer: bytearray, view: memoryview
+    raw: io.FileIO, algorithm: str, buffer: bytearray, view: memoryview
 ) -> tuple[int, bytes]:
     hasher = new_hasher(algorithm)
     size = 0
-    while True:
-        n = os.readv(fd, [buffer])
-        if not n:
-            break
+    while n := raw.readinto(buffer):
         size += n
         hasher.update(view[:n])
     return size, hasher.digest()
 
 
 def hash_file(
-    path: str, algorithm: str = DEFAULT_ALGORITHM, *, buffer: bytearray | None = None
+    path: str,
+    algorithm: str = DEFAULT_ALGORITHM,
+    *,
+    buffer: bytearray | None = None,
+    private: bool = False,
 ) -> tuple[int, bytes]:
     """Hash one local file; return its size and digest.
 
-    Large BLAKE3 inputs go through the multithreaded mmap path, everything else
-    through a sequential loop over ``buffer`` (allocated once per tree).
+    Args:
+        path: the file.
+        algorithm: ``blake3`` or ``sha256``.
+        buffer: a read buffer to reuse (one per tree, not per file).
+        private: the file lies in a private copy that nothing else writes.
+            Only then are large BLAKE3 inputs hashed through the multithreaded
+            mmap path, about twice as fast as the read loop here: a mapped
+            file that another process truncates kills the reader with SIGBUS,
+            which no Python code can catch, so files in a shared store are
+            always read with the loop.
 
     Raises:
-        UnsafeArtifactError: if the file changed size while it was being read.
+        UnsafeArtifactError: if the path is not a regular file, or the file
+            changed size while it was being read.
     """
     if buffer is None:
         buffer = bytearray(_READ_SIZE)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        size_before = os.fstat(fd).st_size
-        if algorithm == "blake3" and size_before >= MMAP_THRESHOLD:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    # writer; it has no effect on regular files.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    with io.FileIO(os.open(path, flags), "rb", closefd=True) as raw:
+        info = os.fstat(raw.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeArtifactError(f"{path} is not a regular file.")
+        if private and algorithm == "blake3" and info.st_size >= MMAP_THRESHOLD:
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
             hasher.update_mmap(path)
-            size, digest = size_before, hasher.digest()
+            size, digest = info.st_size, hasher.digest()
         else:
-            size, digest = _hash_open_file(fd, algorithm, buffer, memoryview(buffer))
-        size_after = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+            size, digest = _hash_open_file(raw, algorithm, buffer, memoryview(buffer))
+        size_after = os.fstat(raw.fileno()).st_size
     if size != size_after:
         raise UnsafeArtifactError(
             f"{path} changed size while it was being hashed "
@@ -400,6 +451,8 @@ def _walk(
             full = target
         mode = os.stat(full).st_mode
         if stat.S_ISREG(mode):
+            # Refuse a bad name before any byte is hashed, not after.
+            canonical_path(rel)
             yield rel, full
         elif stat.S_ISDIR(mode):
             real_dir = os.path.realpath(full)
@@ -417,8 +470,16 @@ def _walk(
             )
 
 
-def hash_tree(root: str, algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
+def hash_tree(
+    root: str, algorithm: str = DEFAULT_ALGORITHM, *, private: bool = False
+) -> Manifest:
     """Hash every covered file under a local directory.
+
+    Args:
+        root: the model directory.
+        algorithm: ``blake3`` or ``sha256``.
+        private: the tree is a private copy that nothing else writes (see
+            :func:`hash_file`).
 
     Raises:
         UnsafeArtifactError: for paths or links that cannot be covered.
@@ -429,7 +490,7 @@ def hash_tree(root: str, algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
     for rel, full in iter_tree(root):
         if rel in IGNORED_ROOT_FILES:
             continue
-        size, digest = hash_file(full, algorithm, buffer=buffer)
+        size, digest = hash_file(full, algorithm, buffer=buffer, private=private)
         _logger.debug("hashed %s (%d bytes)", rel, size)
         entries.append((rel, size, digest))
     return Manifest.from_entries(algorithm, entries)

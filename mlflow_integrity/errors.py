@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mlflow_integrity.digest import ManifestDiff
 
 
-class IntegrityError(MlflowException):  # type: ignore[misc]
+class IntegrityError(MlflowException):
     """Root of every error this package raises.
 
     Attributes:

@@ -171,7 +171,7 @@ class ArtifactRepositoryStore:
 
     def manifest(self, algorithm: str) -> Manifest:
         with tempfile.TemporaryDirectory(prefix="mlflow-integrity-hash-") as tmp:
-            return hash_tree(self._download(tmp), algorithm)
+            return hash_tree(self._download(tmp), algorithm, private=True)
 
     def fetch(self, dest: str, algorithm: str) -> Manifest:
         staging = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(dest))
@@ -181,7 +181,7 @@ class ArtifactRepositoryStore:
             os.replace(downloaded, dest)
         finally:
             remove_tree(staging)
-        return hash_tree(dest, algorithm)
+        return hash_tree(dest, algorithm, private=True)
 
 
 def _store_error(uri: str, exc: MlflowException) -> IntegrityError:

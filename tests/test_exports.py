@@ -19,8 +19,8 @@ def test_all_matches_what_the_package_exports():
 
 def test_public_functions_are_not_shadowed_by_modules():
     """mlflow_integrity.verify is the function even after every module loaded."""
-    import mlflow_integrity.check  # noqa: F401
-    import mlflow_integrity.load  # noqa: F401
+    import mlflow_integrity.check
+    import mlflow_integrity.load
 
     assert callable(mlflow_integrity.verify)
     assert callable(mlflow_integrity.load_model)

@@ -16,7 +16,6 @@ from mlflow_integrity.errors import (
     ConfigurationError,
     UnsafeArtifactError,
 )
-
 from tests.helpers import stored_dir
 
 AWKWARD_FILES = {
