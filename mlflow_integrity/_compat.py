@@ -26,7 +26,7 @@ def parse_runs_uri(runs_uri: str) -> tuple[str, str]:
     """Split ``runs:/<run_id>/<path>`` into the run id and the path."""
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-    run_id, path = RunsArtifactRepository.parse_runs_uri(runs_uri)  # type: ignore[no-untyped-call]
+    run_id, path = RunsArtifactRepository.parse_runs_uri(runs_uri)
     return str(run_id), str(path or "")
 
 
@@ -37,3 +37,61 @@ def logged_models_of_run(client: MlflowClient, run_id: str, name: str) -> list[A
     from mlflow.tracking._model_registry.fluent import _get_logged_models_from_run
 
     return list(_get_logged_models_from_run(client.get_run(run_id), name))
+
+
+def build_registry_store(store_uri: str, tracking_uri: str | None) -> Any:
+    """Build MLflow's own registry store for ``store_uri``.
+
+    MLflow builds stores while holding a lock that is not reentrant, and the
+    integrity store is built under it; asking the store registry's
+    ``get_store`` from there would deadlock, so the builder is looked up and
+    called directly.
+    """
+    import inspect
+
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+
+    builder = _get_store_registry().get_store_builder(store_uri)
+    params = inspect.signature(builder).parameters
+    if "tracking_uri" in params:
+        return builder(store_uri=store_uri, tracking_uri=tracking_uri)
+    return builder(store_uri=store_uri)
+
+
+def server_artifacts_destination() -> str | None:
+    """Inside ``mlflow server --serve-artifacts``, the artifacts destination
+    that ``mlflow-artifacts:`` URIs are served from; None elsewhere."""
+    import os
+
+    from mlflow.server.constants import (
+        ARTIFACTS_DESTINATION_ENV_VAR,
+        SERVE_ARTIFACTS_ENV_VAR,
+    )
+
+    if os.environ.get(SERVE_ARTIFACTS_ENV_VAR, "").lower() not in ("true", "1"):
+        return None
+    return os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR) or None
+
+
+def registry_store_of(client: MlflowClient) -> Any:
+    """The registry store an MlflowClient talks to."""
+    return client._get_registry_client().store
+
+
+def is_prompt_tag(key: str) -> bool:
+    """True for the tags that mark registered models and versions as prompts."""
+    from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
+
+    return bool(key == IS_PROMPT_TAG_KEY)
+
+
+def prompt_tag_key() -> str:
+    from mlflow.prompt.constants import IS_PROMPT_TAG_KEY
+
+    return str(IS_PROMPT_TAG_KEY)
+
+
+def is_prompt_model(registered_model: Any) -> bool:
+    """True if a RegisteredModel was created as a prompt (MLflow hides the
+    marking tag from ``RegisteredModel.tags``)."""
+    return bool(registered_model._is_prompt())

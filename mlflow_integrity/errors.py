@@ -108,6 +108,13 @@ class PromotionRefusedError(IntegrityError):
     default_error_code = "PERMISSION_DENIED"
 
 
+class ProtectedTagError(IntegrityError):
+    """A client tried to set or delete a tag of the integrity record."""
+
+    status = "REFUSED"
+    default_error_code = "PERMISSION_DENIED"
+
+
 class ConfigurationError(IntegrityError):
     """Bad input or configuration: a malformed URI, option or pinned digest."""
 

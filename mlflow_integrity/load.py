@@ -170,6 +170,7 @@ def load_model(
     *,
     expected: str | Digest | None = None,
     allow_untagged: bool = False,
+    attest: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a registered model with any flavor, after verifying its bytes.
@@ -181,6 +182,9 @@ def load_model(
             ``pyfunc`` by default.
         expected: a pinned digest; defaults to ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``.
         allow_untagged: load a version that has no digest, with a warning.
+        attest: a deployment name (such as ``canary``): after loading, record
+            on the version that this deployment runs the verified digest, for
+            promotion policies that demand it (see :mod:`mlflow_integrity.gate`).
         **kwargs: passed to the flavor's ``load_model``.
 
     Returns:
@@ -194,6 +198,10 @@ def load_model(
         ConfigurationError: for an unknown flavor or a malformed URI or pin.
     """
     loader = _flavor_loader(flavor or "pyfunc")
+    if attest is not None:
+        from mlflow_integrity.gate import check_deployment
+
+        check_deployment(attest)
     copy = download_verified(
         model_uri, expected=expected, allow_untagged=allow_untagged
     )
@@ -207,6 +215,13 @@ def load_model(
         weakref.finalize(model, remove_tree, private)
     except TypeError:
         atexit.register(remove_tree, private)
+
+    if attest is not None and copy.digest is not None:
+        from mlflow_integrity.gate import attest as record_attestation
+
+        result = copy.result
+        assert result.name is not None and result.version is not None
+        record_attestation(result.name, result.version, attest, copy.digest)
     return model
 
 

@@ -7,7 +7,8 @@ A version's integrity record lives in its tags:
   canonical manifest, zlib-compressed and base64-encoded, which must hash to
   ``artifact_sha`` or the record is MALFORMED;
 - ``integrity.source``, ``integrity.recorded_at``, ``integrity.recorded_by``,
-  ``integrity.origin`` (``registration`` or ``backfill``), ``integrity.spec``.
+  ``integrity.origin`` (``registration`` or ``backfill``), ``integrity.spec``;
+- ``integrity.attest.<deployment>``: runtime attestations (see ``gate``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ RECORDED_AT = "integrity.recorded_at"
 RECORDED_BY = "integrity.recorded_by"
 ORIGIN = "integrity.origin"
 SPEC = "integrity.spec"
+# Runtime attestations: written by serving processes, not by registration.
+ATTEST_PREFIX = "integrity.attest."
 
 ORIGIN_REGISTRATION = "registration"
 ORIGIN_BACKFILL = "backfill"
@@ -54,8 +57,14 @@ _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
 def is_integrity_tag(key: str) -> bool:
-    """True for the tags only mlflow-integrity may write."""
+    """True for every tag mlflow-integrity reads: the record and attestations."""
     return key == ARTIFACT_SHA or key.startswith(TAG_PREFIX)
+
+
+def is_record_tag(key: str) -> bool:
+    """True for the tags of the integrity record, which only registration and
+    backfill write (attestations excepted)."""
+    return is_integrity_tag(key) and not key.startswith(ATTEST_PREFIX)
 
 
 @dataclass(frozen=True)

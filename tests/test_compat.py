@@ -39,3 +39,33 @@ def test_logged_models_of_run(integrity_registry, log_sklearn):
         _compat.logged_models_of_run(integrity_registry.client, logged.run_id, "x")
         == []
     )
+
+
+def test_prompt_marking_is_read(integrity_registry):
+    """A prompt's registered model is recognised, an ordinary model is not."""
+    mlflow.genai.register_prompt(name="greeting", template="Hello {{name}}")
+    integrity_registry.client.create_registered_model("plain-model")
+
+    # MlflowClient hides prompts from the model API; the store does not.
+    store = _compat.registry_store_of(integrity_registry.client)
+    assert _compat.is_prompt_model(store.get_registered_model("greeting"))
+    assert not _compat.is_prompt_model(store.get_registered_model("plain-model"))
+    assert _compat.is_prompt_tag(_compat.prompt_tag_key())
+
+
+def test_registry_store_building(integrity_registry):
+    """MLflow's store builder for a sqlite URI is found without the lock."""
+    store = _compat.build_registry_store(integrity_registry.registry_uri, None)
+
+    assert type(store).__name__ == "SqlAlchemyStore"
+    assert _compat.registry_store_of(integrity_registry.client) is not None
+
+
+def test_server_artifacts_destination(monkeypatch):
+    """The server's artifacts destination is read from its environment."""
+    monkeypatch.delenv("_MLFLOW_SERVER_SERVE_ARTIFACTS", raising=False)
+    assert _compat.server_artifacts_destination() is None
+
+    monkeypatch.setenv("_MLFLOW_SERVER_SERVE_ARTIFACTS", "true")
+    monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_DESTINATION", "/srv/artifacts")
+    assert _compat.server_artifacts_destination() == "/srv/artifacts"
