@@ -224,6 +224,146 @@ def backfill(
         raise SystemExit(EXIT_INTEGRITY)
 
 
+_target_options = [
+    click.option("--alias", default=None, help="Move this alias."),
+    click.option("--stage", default=None, help="Transition to this stage."),
+]
+
+
+def _with_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_target_options):
+        fn = option(fn)
+    return fn
+
+
+def _target(alias: str | None, stage: str | None) -> Any:
+    from mlflow_integrity.gate import Target
+
+    if (alias is None) == (stage is None):
+        raise click.UsageError("Give exactly one of --alias and --stage.")
+    return Target(alias=alias, stage=stage)
+
+
+@cli.command(name="gate-check")
+@click.argument("name")
+@click.argument("version")
+@_with_target
+@_format_option
+def gate_check(
+    name: str, version: str, alias: str | None, stage: str | None, fmt: str
+) -> None:
+    """Would the gate let NAME VERSION take --alias or --stage? Changes nothing.
+
+    Exits 0 if allowed, 1 if refused. The policy is the one in
+    MLFLOW_INTEGRITY_POLICY.
+    """
+    from mlflow import MlflowClient
+
+    from mlflow_integrity.gate import check
+
+    target = _target(alias, stage)
+    client = MlflowClient()
+    mv = client.get_model_version(name, version)
+    source = client.get_model_version_download_uri(name, version)
+    outcome = check(mv, target, source)
+    _emit(fmt, outcome.to_dict(), outcome.message())
+    if not outcome.ok:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@_with_target
+@click.option(
+    "--archive-existing", is_flag=True, help="With --stage: archive the others."
+)
+@_format_option
+def promote(
+    name: str,
+    version: str,
+    alias: str | None,
+    stage: str | None,
+    archive_existing: bool,
+    fmt: str,
+) -> None:
+    """Pass the gate, then move --alias or transition to --stage.
+
+    Exits 0 when promoted, 1 when the gate refuses (nothing is changed).
+    """
+    from mlflow_integrity.errors import PromotionRefusedError
+    from mlflow_integrity.gate import promote as promote_version
+
+    target = _target(alias, stage)
+    try:
+        outcome = promote_version(
+            name,
+            version,
+            alias=target.alias,
+            stage=target.stage,
+            archive_existing_versions=archive_existing,
+        )
+    except PromotionRefusedError as err:
+        _emit(fmt, {"allowed": False, "message": err.message}, err.message)
+        raise SystemExit(EXIT_INTEGRITY) from None
+    payload = outcome.to_dict()
+    _emit(fmt, payload, f"models:/{name}/{version} promoted to {target}.")
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--deployment", required=True, help="Deployment name, e.g. canary.")
+@click.option(
+    "--path",
+    "local_path",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The model directory this deployment loaded.",
+)
+@_format_option
+def attest(model_uri: str, deployment: str, local_path: str, fmt: str) -> None:
+    """Record that DEPLOYMENT runs the bytes in --path for MODEL_URI.
+
+    The directory is hashed with the version's recorded algorithm and the
+    digest found is recorded, whatever it is; exits 1 when it is not the
+    version's artifact_sha (the gate will refuse promotions that need it).
+    """
+    from mlflow import MlflowClient
+
+    from mlflow_integrity.digest import DEFAULT_ALGORITHM, hash_tree
+    from mlflow_integrity.gate import attest as record_attestation
+    from mlflow_integrity.gate import check_deployment
+    from mlflow_integrity.registry import read_record, resolve
+
+    check_deployment(deployment)
+    resolved = resolve(MlflowClient(), model_uri)
+    record = read_record(resolved.model_version)
+    algorithm = record.digest.algorithm if record else DEFAULT_ALGORITHM
+    loaded = hash_tree(local_path, algorithm).root_digest()
+    attestation = record_attestation(
+        resolved.name, resolved.version, deployment, loaded
+    )
+    matches = record is not None and record.digest == loaded
+    payload = {
+        "model_uri": resolved.uri,
+        "deployment": deployment,
+        "digest": str(loaded),
+        "artifact_sha": str(record.digest) if record else None,
+        "matches": matches,
+        "at": attestation.to_tag_value(),
+    }
+    text = f"{resolved.uri} attested by {deployment}: {loaded}"
+    if not matches:
+        text += (
+            f"\nwarning: this is not the version's artifact_sha "
+            f"({record.digest if record else 'none recorded'}); promotions that "
+            f"require an attestation from {deployment} will be refused."
+        )
+    _emit(fmt, payload, text)
+    if not matches:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
 def _matching_models(client: Any, pattern: str) -> list[str]:
     if not any(ch in pattern for ch in "*?["):
         return [pattern]

@@ -466,18 +466,30 @@ def promote(
     """
     from mlflow import MlflowClient
 
+    from mlflow_integrity import _compat
+    from mlflow_integrity.plugins.registry_store import IntegrityRegistryStore
+
     client = client or MlflowClient()
     target = Target(alias=alias, stage=stage)
-    mv = client.get_model_version(name, version)
-    source = client.get_model_version_download_uri(name, version)
+    store = _compat.registry_store_of(client)
 
-    outcome = check(mv, target, source, policy=policy)
-    outcome.raise_for_status()
+    if isinstance(store, IntegrityRegistryStore):
+        # The integrity store gates every promotion itself: run its gate once
+        # and promote through the store it wraps, rather than hash twice.
+        gated = store.gate(name, version, target, policy)
+        registry: Any = store.inner
+        outcome = gated or GateResult(name=name, version=version, target=target)
+    else:
+        mv = client.get_model_version(name, version)
+        source = client.get_model_version_download_uri(name, version)
+        outcome = check(mv, target, source, policy=policy)
+        outcome.raise_for_status()
+        registry = client
 
     if alias is not None:
-        client.set_registered_model_alias(name, alias, version)
+        registry.set_registered_model_alias(name, alias, version)
     else:
-        client.transition_model_version_stage(
+        registry.transition_model_version_stage(
             name, version, stage, archive_existing_versions=archive_existing_versions
         )
     _logger.info("models:/%s/%s promoted to %s", name, version, target)

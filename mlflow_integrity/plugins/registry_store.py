@@ -43,7 +43,7 @@ from mlflow.store.model_registry.abstract_store import AbstractStore
 
 from mlflow_integrity import _compat
 from mlflow_integrity.errors import ConfigurationError, ProtectedTagError
-from mlflow_integrity.gate import Attestation, Policy, Target, check
+from mlflow_integrity.gate import Attestation, GateResult, Policy, Target, check
 from mlflow_integrity.registry import (
     ARTIFACT_SHA,
     ATTEST_PREFIX,
@@ -256,28 +256,37 @@ class IntegrityRegistryStore(AbstractStore):
 
     # --- the gate --------------------------------------------------------------
 
-    def _gate(self, name: str, version: str, target: Target) -> None:
+    def gate(
+        self, name: str, version: str, target: Target, policy: Policy | None = None
+    ) -> GateResult | None:
+        """Run the gate for a promotion; None for a prompt (not gated).
+
+        Raises:
+            PromotionRefusedError: if the gate refuses.
+        """
         mv = self._inner.get_model_version(name, version)
         if self._is_prompt_version(name, dict(mv.tags or {})):
-            return
+            return None
         source = self.serving_location(
             str(self._inner.get_model_version_download_uri(name, version))
         )
-        check(mv, target, source, policy=Policy.load()).raise_for_status()
+        outcome = check(mv, target, source, policy=policy or Policy.load())
+        outcome.raise_for_status()
+        return outcome
 
     def transition_model_version_stage(
         self, name: str, version: str, stage: str, archive_existing_versions: bool
     ) -> Any:
         """Gate, then transition (moving to None or Archived is not gated)."""
         if str(stage).lower() not in _UNGATED_STAGES:
-            self._gate(name, str(version), Target(stage=stage))
+            self.gate(name, str(version), Target(stage=stage))
         return self._inner.transition_model_version_stage(
             name, version, stage, archive_existing_versions
         )
 
     def set_registered_model_alias(self, name: str, alias: str, version: str) -> Any:
         """Gate, then move the alias."""
-        self._gate(name, str(version), Target(alias=alias))
+        self.gate(name, str(version), Target(alias=alias))
         return self._inner.set_registered_model_alias(name, alias, version)
 
     # --- protected tags --------------------------------------------------------
