@@ -162,3 +162,74 @@ def test_console_script_exit_codes(tmp_path):
     )
     assert proc.returncode == 2
     assert "neither a directory nor a URI" in proc.stderr
+
+
+def test_gate_check_and_promote(capsys, version, tmp_path, monkeypatch):
+    """gate-check exits 0 then promote moves the alias; a tampered version
+    exits 1 on both and the alias stays."""
+    _, stored = version
+
+    assert run(capsys, "gate-check", "iris", "1", "--alias", "champion")[0] == 0
+    code, out, _ = run(capsys, "promote", "iris", "1", "--alias", "champion")
+    assert code == 0 and "promoted to alias 'champion'" in out
+
+    flip_byte(weights_file(stored))
+    code, out, _ = run(
+        capsys, "gate-check", "iris", "1", "--alias", "next", "--format", "json"
+    )
+    assert code == 1 and json.loads(out)["allowed"] is False
+    code, out, _ = run(capsys, "promote", "iris", "1", "--stage", "Production")
+    assert code == 1 and "refused" in out
+    assert mlflow.MlflowClient().get_model_version("iris", "1").current_stage == "None"
+
+
+def test_promote_needs_exactly_one_target(capsys, version):
+    """promote with neither or both of --alias/--stage is a usage error."""
+    assert run(capsys, "promote", "iris", "1")[0] == 2
+    assert run(capsys, "promote", "iris", "1", "--alias", "a", "--stage", "S")[0] == 2
+
+
+def test_attest_with_a_local_copy(capsys, version, tmp_path, monkeypatch):
+    """attest hashes the directory the runtime loaded: a true copy attests
+    and exits 0; a different copy is recorded but exits 1; with a policy,
+    only the true attestation lets the promotion through."""
+    import shutil
+
+    from mlflow_integrity import gate
+
+    _, stored = version
+    copy = tmp_path / "served"
+    shutil.copytree(stored, copy)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[[gate.require_attestation]]\nalias = "champion"\ndeployment = "canary"\n'
+    )
+    monkeypatch.setenv(gate.POLICY_ENV, str(policy))
+
+    assert run(capsys, "promote", "iris", "1", "--alias", "champion")[0] == 1
+    assert (
+        run(
+            capsys,
+            "attest",
+            "models:/iris/1",
+            "--deployment",
+            "canary",
+            "--path",
+            str(copy),
+        )[0]
+        == 0
+    )
+    assert run(capsys, "promote", "iris", "1", "--alias", "champion")[0] == 0
+
+    flip_byte(weights_file(copy))
+    code, out, _ = run(
+        capsys,
+        "attest",
+        "models:/iris/1",
+        "--deployment",
+        "canary",
+        "--path",
+        str(copy),
+    )
+    assert code == 1 and "not the version's artifact_sha" in out
+    assert run(capsys, "gate-check", "iris", "1", "--alias", "champion")[0] == 1
