@@ -238,3 +238,48 @@ def test_postgres_backend_enforces(mlflow_server_factory, tmp_path_factory, post
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+NO_PLUGIN_CLIENT = """
+import sys
+# As if mlflow-integrity were not installed: its modules cannot be imported.
+sys.modules["mlflow_integrity"] = None
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+client = MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1])
+try:
+    client.set_registered_model_alias(sys.argv[2], "champion", sys.argv[3])
+except MlflowException as exc:
+    print("REFUSED", exc.error_code)
+else:
+    print("MOVED")
+"""
+
+
+def test_client_without_the_plugin_is_refused(enforcing, plain_client, classifier):
+    """A client process that cannot import mlflow-integrity at all is refused
+    by the server, not by anything on its side."""
+    import subprocess
+    import sys
+
+    version = register(classifier, "srv-noplugin")
+    flip_byte(
+        weights_file(stored_on_server(enforcing, plain_client, "srv-noplugin", version))
+    )
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_PLUGIN_CLIENT,
+            enforcing.url,
+            "srv-noplugin",
+            version,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+
+    assert proc.stdout.strip().splitlines()[-1] == "REFUSED PERMISSION_DENIED"
