@@ -13,10 +13,13 @@ import io
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+MARKER = ".mlflow-integrity-quickstart"
 
 
 @contextlib.contextmanager
@@ -39,9 +42,18 @@ def main(folder: Path) -> int:
     import mlflow_integrity
     from mlflow_integrity.stores import local_path
 
+    marker = folder / MARKER
     if folder.exists():
+        if not marker.exists():
+            print(
+                f"{folder} exists and was not made by this quick start; "
+                "give another folder.",
+                file=sys.stderr,
+            )
+            return 2
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    marker.write_text("made by examples/quickstart.py; deleted on its next run\n")
     root = folder.resolve()
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     with quiet():
@@ -79,7 +91,8 @@ def main(folder: Path) -> int:
     weights = next(
         p for p in (stored / "model.skops", stored / "model.pkl") if p.exists()
     )
-    data = bytearray(weights.read_bytes())
+    original = weights.read_bytes()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
     print(f"    flipped one bit of {weights.relative_to(root)}")
@@ -94,12 +107,28 @@ def main(folder: Path) -> int:
         print("    loaded: this should not happen")
         return 1
 
+    say("Check the store from the command line")
+    cli = Path(sys.executable).parent / "mlflow-integrity"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    verify = [str(cli), "verify", "models:/iris/1"]
+    refused = subprocess.run(verify, env=env, capture_output=True, check=False)
+    first_line = refused.stdout.decode().splitlines()[0]
+    print(f"    $ mlflow-integrity verify models:/iris/1\n    {first_line}")
+    print(f"    exit {refused.returncode}")
+
+    say("Put the original byte back: the version verifies again")
+    weights.write_bytes(original)
+    restored = subprocess.run(verify, env=env, capture_output=True, check=False)
+    first_line = restored.stdout.decode().splitlines()[0]
+    print(f"    $ mlflow-integrity verify models:/iris/1\n    {first_line}")
+    print(f"    exit {restored.returncode}")
+
     say("Find out more")
     print(
         f"    export MLFLOW_TRACKING_URI=sqlite:///{root}/mlflow.db\n"
-        "    .venv/bin/mlflow-integrity verify models:/iris/1   # exit 1, same report\n"
-        "    .venv/bin/mlflow-integrity verify models:/iris/1 --format json\n"
-        "    .venv/bin/mlflow-integrity --help"
+        f"    {cli} verify models:/iris/1 --format json\n"
+        f"    {cli} --help\n"
+        "    README.md: the integrity+ registry, the server, promotion policies"
     )
     return 0
 

@@ -110,8 +110,12 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (the schema the CLI's ``--format json`` prints)."""
 
+        algorithm = self.expected.algorithm if self.expected else "blake3"
+
         def entry(e: Any) -> dict[str, Any] | None:
-            return None if e is None else {"size": e.size, "digest": e.digest.hex()}
+            if e is None:
+                return None
+            return {"size": e.size, "digest": f"{algorithm}:{e.digest.hex()}"}
 
         return {
             "model_uri": self.model_uri if self.name else None,
@@ -157,9 +161,10 @@ def pinned_digest(expected: str | Digest | None) -> Digest | None:
     try:
         return Digest.parse(text)
     except ValueError as exc:
-        where = "expected=" if expected else EXPECTED_DIGEST_ENV
+        where = "expected= / --expect" if expected else EXPECTED_DIGEST_ENV
         raise ConfigurationError(
-            f"The pinned digest ({where}) is invalid: {exc}"
+            f"The pinned digest ({where}) is invalid: {exc} Give the full "
+            "digest as recorded in artifact_sha."
         ) from None
 
 

@@ -241,8 +241,9 @@ class Manifest:
         for before, after in itertools.pairwise(ordered):
             if before.path == after.path:
                 raise UnsafeArtifactError(
-                    f"Two files share the path {after.path!r} after Unicode "
-                    "NFC normalisation; rename one of them."
+                    f"Two entries have the path {after.path!r} (names equal "
+                    "after Unicode NFC normalisation count as one); rename "
+                    "one of them."
                 )
 
     @classmethod

@@ -18,6 +18,7 @@ from mlflow_integrity.registry import (
     ARTIFACT_SHA,
     ORIGIN_BACKFILL,
     ORIGIN_REGISTRATION,
+    SOURCE,
     Record,
     is_integrity_tag,
     resolve,
@@ -99,6 +100,32 @@ def record_for(
     return Record.new(manifest, location, origin)
 
 
+def warn_if_location_changed(versions: Any, record: Record) -> None:
+    """Warn when an earlier version was recorded from the same storage location
+    with another digest: the bytes there changed after it was registered, so
+    that version no longer verifies (and this one records the changed bytes).
+    """
+    for mv in versions:
+        tags = mv.tags or {}
+        earlier = tags.get(ARTIFACT_SHA)
+        if tags.get(SOURCE) == record.source and earlier not in (
+            None,
+            str(record.digest),
+        ):
+            _logger.warning(
+                "models:/%s/%s was registered from %s with %s %s; those bytes "
+                "have changed since (now %s). That version no longer verifies, "
+                "and the new version records the changed bytes: check that "
+                "this is the model you meant to register.",
+                mv.name,
+                mv.version,
+                record.source,
+                ARTIFACT_SHA,
+                earlier,
+                record.digest,
+            )
+
+
 def register_model(
     model_uri: str,
     name: str,
@@ -151,6 +178,7 @@ def register_model(
 
     location = storage_location(model_uri, client)
     record = record_for(location, algorithm)
+    warn_if_location_changed(client.search_model_versions(f"name = '{name}'"), record)
     mv = mlflow.register_model(
         model_uri,
         name,

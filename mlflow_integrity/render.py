@@ -94,6 +94,8 @@ def render_result(result: VerifyResult) -> str:
         "UNREADABLE": "the artifact store could not be read",
         "STALE": "the local copy is not what the URI names now",
     }.get(result.status, result.status.lower())
+    if result.pin is not None and result.expected not in (None, result.pin):
+        headline = "the registry's record is not the pinned digest"
     lines = [f"{uri}: {headline} ({result.status})."]
     if result.source:
         lines.append(f"  {'source':<{_LABEL_WIDTH}}  {result.source}")

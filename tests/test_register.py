@@ -174,3 +174,22 @@ def test_register_over_tracking_server(server_registry, log_sklearn):
     on_disk = server_registry.artifact_root / location.split("mlflow-artifacts:/")[1]
     assert mv.tags[registry.ARTIFACT_SHA] == str(hash_tree(str(on_disk)).root_digest())
     assert mlflow_integrity.verify(f"models:/served-iris/{mv.version}").ok
+
+
+def test_reregistering_changed_bytes_warns(integrity_registry, log_sklearn, caplog):
+    """Registering a location whose bytes changed since an earlier version
+    warns, naming that version and both digests."""
+    import logging
+
+    from tests.helpers import flip_byte, weights_file
+
+    first = mlflow_integrity.register_model(log_sklearn().runs_uri, "iris")
+    stored = stored_dir(integrity_registry.client, "iris", first.version)
+    flip_byte(weights_file(stored))
+
+    with caplog.at_level(logging.WARNING, logger="mlflow_integrity"):
+        second = mlflow_integrity.register_model(first.tags[registry.SOURCE], "iris")
+
+    assert "models:/iris/1 was registered from" in caplog.text
+    assert first.tags[registry.ARTIFACT_SHA] in caplog.text
+    assert second.tags[registry.ARTIFACT_SHA] in caplog.text

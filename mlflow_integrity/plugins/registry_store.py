@@ -197,10 +197,15 @@ class IntegrityRegistryStore(AbstractStore):
                 )
                 return existing
 
-            from mlflow_integrity.register import default_algorithm, record_for
+            from mlflow_integrity.register import (
+                default_algorithm,
+                record_for,
+                warn_if_location_changed,
+            )
 
             location = self._location_of_source(source, model_id)
             record = record_for(location, default_algorithm())
+            warn_if_location_changed(self._versions_of(name), record)
             record_tags = [ModelVersionTag(k, v) for k, v in record.to_tags().items()]
             mv = self._inner.create_model_version(
                 tags=kept + record_tags, **passthrough
@@ -219,13 +224,16 @@ class IntegrityRegistryStore(AbstractStore):
         with self._creating_lock:
             return self._creating.setdefault(key, threading.Lock())
 
-    def _recent_duplicate(self, name: str, source: str, run_id: str | None) -> Any:
+    def _versions_of(self, name: str) -> list[Any]:
         try:
-            versions = self._inner.search_model_versions(
-                filter_string=f"name = '{name}'"
+            return list(
+                self._inner.search_model_versions(filter_string=f"name = '{name}'")
             )
         except Exception:
-            return None
+            return []
+
+    def _recent_duplicate(self, name: str, source: str, run_id: str | None) -> Any:
+        versions = self._versions_of(name)
         horizon = (time.time() - DEDUP_WINDOW_SECONDS) * 1000
         for mv in versions:
             if (
