@@ -155,9 +155,20 @@ def pinned_digest(expected: str | Digest | None) -> Digest | None:
     """
     if isinstance(expected, Digest):
         return expected
-    text = expected or os.environ.get(EXPECTED_DIGEST_ENV) or None
-    if text is None:
+    if expected is not None:
+        text = expected
+    elif EXPECTED_DIGEST_ENV in os.environ:
+        text = os.environ[EXPECTED_DIGEST_ENV]
+    else:
         return None
+    if not text.strip():
+        # A deployment template whose variable came out empty must not fall
+        # back to "no pin".
+        raise ConfigurationError(
+            "The pinned digest is empty (expected= / --expect, or "
+            f"{EXPECTED_DIGEST_ENV} set to nothing); give the full digest or "
+            "do not pin."
+        )
     try:
         return Digest.parse(text)
     except ValueError as exc:

@@ -8,6 +8,7 @@ manifest has canonical bytes, and the hash of those bytes is the root
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import itertools
@@ -15,7 +16,7 @@ import logging
 import os
 import stat
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -356,15 +357,69 @@ class Manifest:
 # --- hashing local trees -----------------------------------------------------
 
 
-def _hash_open_file(
-    raw: io.FileIO, algorithm: str, buffer: bytearray, view: memoryview
+def open_regular(path: str) -> tuple[io.FileIO, os.stat_result]:
+    """Open a file for reading only if it is a regular file, without following
+    a symlink at the last step and without blocking on a FIFO.
+
+    Raises:
+        UnsafeArtifactError: if the path is not a regular file (any more).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeArtifactError(
+                f"{path} became a symlink while the tree was read."
+            ) from None
+        raise
+    raw = io.FileIO(fd, "rb", closefd=True)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raw.close()
+        raise UnsafeArtifactError(f"{path} is not a regular file.")
+    return raw, info
+
+
+def hash_open_file(
+    raw: io.FileIO,
+    algorithm: str,
+    buffer: bytearray,
+    sink: Callable[[memoryview], object] | None = None,
 ) -> tuple[int, bytes]:
+    """Hash an open file with one reused buffer, passing each chunk to ``sink``."""
+    view = memoryview(buffer)
     hasher = new_hasher(algorithm)
     size = 0
     while n := raw.readinto(buffer):
+        chunk = view[:n]
+        hasher.update(chunk)
+        if sink is not None:
+            sink(chunk)
         size += n
-        hasher.update(view[:n])
     return size, hasher.digest()
+
+
+def check_unchanged(
+    path: str, before: os.stat_result, raw: io.FileIO, size_read: int
+) -> None:
+    """Refuse a file that a writer changed while it was read: the bytes read
+    must be its size when opened and now, and its times must not have moved.
+
+    Raises:
+        UnsafeArtifactError: if the file changed during the read.
+    """
+    after = os.fstat(raw.fileno())
+    if (
+        size_read != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+    ):
+        raise UnsafeArtifactError(
+            f"{path} changed while it was being hashed ({before.st_size} bytes "
+            f"when opened, {size_read} read, {after.st_size} now); something is "
+            "still writing it. Hash again once the writer has finished."
+        )
 
 
 def hash_file(
@@ -389,30 +444,19 @@ def hash_file(
 
     Raises:
         UnsafeArtifactError: if the path is not a regular file, or the file
-            changed size while it was being read.
+            changed while it was being read.
     """
     if buffer is None:
         buffer = bytearray(_READ_SIZE)
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
-    # writer; it has no effect on regular files.
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    with io.FileIO(os.open(path, flags), "rb", closefd=True) as raw:
-        info = os.fstat(raw.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeArtifactError(f"{path} is not a regular file.")
-        if private and algorithm == "blake3" and info.st_size >= MMAP_THRESHOLD:
+    raw, before = open_regular(path)
+    with raw:
+        if private and algorithm == "blake3" and before.st_size >= MMAP_THRESHOLD:
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
             hasher.update_mmap(path)
-            size, digest = info.st_size, hasher.digest()
+            size, digest = before.st_size, hasher.digest()
         else:
-            size, digest = _hash_open_file(raw, algorithm, buffer, memoryview(buffer))
-        size_after = os.fstat(raw.fileno()).st_size
-    if size != size_after:
-        raise UnsafeArtifactError(
-            f"{path} changed size while it was being hashed "
-            f"({size} bytes read, {size_after} now); something is still "
-            "writing it. Hash again once the writer has finished."
-        )
+            size, digest = hash_open_file(raw, algorithm, buffer)
+        check_unchanged(path, before, raw, size)
     return size, digest
 
 

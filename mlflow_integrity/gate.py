@@ -60,6 +60,10 @@ POLICY_ENV = "MLFLOW_INTEGRITY_POLICY"
 _DEPLOYMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _AGE_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_STAGES = ("staging", "production")
+# Clocks of serving hosts and of the gate may differ by this much; an
+# attestation dated further into the future is refused.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -120,38 +124,64 @@ class Policy:
             raise ConfigurationError(
                 f"Cannot read the promotion policy {path} ({POLICY_ENV}): {exc}"
             ) from None
-        return cls._from_dict(data.get("gate", {}), path)
+        return cls._from_dict(data, path)
 
     @classmethod
-    def _from_dict(cls, gate: dict[str, Any], path: str) -> Policy:
+    def _from_dict(cls, data: dict[str, Any], path: str) -> Policy:
+        # A typo must not silently weaken the policy: every key is checked.
+        if set(data) - {"gate"} or not isinstance(data.get("gate", {}), dict):
+            raise ConfigurationError(
+                f"{path}: a policy file holds one [gate] table and nothing else; "
+                f"found {sorted(data)}."
+            )
+        gate = data.get("gate", {})
         unknown = set(gate) - {"verify_bytes", "require_attestation"}
         if unknown:
             raise ConfigurationError(
                 f"{path}: unknown [gate] keys {sorted(unknown)}; expected "
                 "verify_bytes and require_attestation."
             )
-        rules = []
-        for i, raw in enumerate(gate.get("require_attestation", []), 1):
-            where = f"{path}: require_attestation #{i}"
-            deployment = raw.get("deployment")
-            if not isinstance(deployment, str) or not _DEPLOYMENT_RE.match(deployment):
-                raise ConfigurationError(f"{where} needs a deployment name.")
-            alias, stage = raw.get("alias"), raw.get("stage")
-            if (alias is None) == (stage is None):
-                raise ConfigurationError(f"{where} needs exactly one of alias, stage.")
-            max_age = raw.get("max_age")
-            rules.append(
-                AttestationRule(
-                    deployment=deployment,
-                    alias=alias,
-                    stage=stage,
-                    max_age=parse_age(max_age, where) if max_age else None,
-                )
+        raw_rules = gate.get("require_attestation", [])
+        if not isinstance(raw_rules, list):
+            raise ConfigurationError(
+                f"{path}: write each rule as a [[gate.require_attestation]] table."
             )
+        rules = [_rule(raw, f"{path}: require_attestation #{i}") for i, raw in
+                 enumerate(raw_rules, 1)]  # fmt: skip
         verify_bytes = gate.get("verify_bytes", True)
         if not isinstance(verify_bytes, bool):
             raise ConfigurationError(f"{path}: verify_bytes must be true or false.")
         return cls(verify_bytes, tuple(rules), path)
+
+
+def _rule(raw: Any, where: str) -> AttestationRule:
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{where} is not a table.")
+    unknown = set(raw) - {"deployment", "alias", "stage", "max_age"}
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown keys {sorted(unknown)}; expected deployment, "
+            "alias or stage, and max_age."
+        )
+    deployment = raw.get("deployment")
+    if not isinstance(deployment, str) or not _DEPLOYMENT_RE.match(deployment):
+        raise ConfigurationError(f"{where} needs a deployment name.")
+    alias, stage = raw.get("alias"), raw.get("stage")
+    if (alias is None) == (stage is None):
+        raise ConfigurationError(f"{where} needs exactly one of alias, stage.")
+    for key, value in (("alias", alias), ("stage", stage)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigurationError(f"{where}: {key} must be a non-empty string.")
+    if stage is not None and stage.lower() not in _STAGES:
+        raise ConfigurationError(
+            f"{where}: stage {stage!r} is not one of Staging, Production."
+        )
+    max_age = None
+    if "max_age" in raw:
+        max_age = parse_age(raw["max_age"], where)
+        if max_age <= timedelta(0):
+            raise ConfigurationError(f"{where}: max_age must be positive.")
+    return AttestationRule(deployment, alias=alias, stage=stage, max_age=max_age)
 
 
 def parse_age(text: str, where: str = "max_age") -> timedelta:
@@ -160,12 +190,15 @@ def parse_age(text: str, where: str = "max_age") -> timedelta:
     Raises:
         ConfigurationError: for anything else.
     """
-    match = _AGE_RE.match(str(text))
+    match = _AGE_RE.match(text) if isinstance(text, str) else None
     if not match:
         raise ConfigurationError(
             f"{where}: {text!r} is not an age such as '90s', '15m', '24h', '7d'."
         )
-    return timedelta(seconds=int(match.group(1)) * _AGE_UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _AGE_UNITS[match.group(2)])
+    except OverflowError:
+        raise ConfigurationError(f"{where}: {text!r} is too large an age.") from None
 
 
 # --- attestations --------------------------------------------------------------
@@ -427,6 +460,11 @@ def _attestation_problem(
             f"{found.at:%Y-%m-%dT%H:%M:%SZ}, other bytes than this version's"
         )
     age = now - found.at
+    if age < -CLOCK_SKEW:
+        return (
+            f"the policy requires {wanted}; the one recorded is dated "
+            f"{found.at:%Y-%m-%dT%H:%M:%SZ}, in the future, and does not count"
+        )
     if rule.max_age is not None and age > rule.max_age:
         return (
             f"the policy requires {wanted}; the one recorded is "

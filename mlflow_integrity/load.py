@@ -106,12 +106,15 @@ def download_verified(
     else:
         algorithm = pin.algorithm if pin else DEFAULT_ALGORITHM
 
+    # Bytes land in "model.partial" and are renamed to "model" only once they
+    # verify, so a killed process never leaves a directory that looks loadable.
     private = tempfile.mkdtemp(prefix="mlflow-integrity-", dir=parent_dir)
+    partial = os.path.join(private, "model.partial")
     model_dir = os.path.join(private, "model")
-    os.mkdir(model_dir)
+    os.mkdir(partial)
     try:
         try:
-            actual = open_store(resolved.source).fetch(model_dir, algorithm)
+            actual = open_store(resolved.source).fetch(partial, algorithm)
         except IntegrityError as err:
             failed(resolved, err, record, pin).raise_for_status()
             raise
@@ -120,6 +123,7 @@ def download_verified(
             result.raise_for_status()
         else:
             result = _untagged(resolved, actual.root_digest(), pin)
+        os.rename(partial, model_dir)
     except BaseException:
         remove_tree(private)
         raise

@@ -13,7 +13,11 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlflow_integrity import _compat
 from mlflow_integrity.digest import DEFAULT_ALGORITHM, Manifest, check_algorithm
-from mlflow_integrity.errors import ArtifactMissingError, ConfigurationError
+from mlflow_integrity.errors import (
+    ArtifactMissingError,
+    ConfigurationError,
+    DigestMismatchError,
+)
 from mlflow_integrity.registry import (
     ARTIFACT_SHA,
     ORIGIN_BACKFILL,
@@ -100,30 +104,38 @@ def record_for(
     return Record.new(manifest, location, origin)
 
 
-def warn_if_location_changed(versions: Any, record: Record) -> None:
-    """Warn when an earlier version was recorded from the same storage location
-    with another digest: the bytes there changed after it was registered, so
-    that version no longer verifies (and this one records the changed bytes).
+def refuse_if_changed_since_recorded(
+    versions: Any, record: Record, copy_source: Any = None
+) -> None:
+    """Refuse to record bytes that an earlier version recorded differently.
+
+    ``versions`` are those of the same name (a version recorded from the same
+    location counts); ``copy_source`` is the version a ``models:/`` source
+    copies. Recording the changed bytes would give them a fresh, valid record
+    and hide that the earlier version was modified after its registration: a
+    copy or a re-registration would launder the tampering.
+
+    Raises:
+        DigestMismatchError: naming the earlier version and both digests.
     """
-    for mv in versions:
-        tags = mv.tags or {}
-        earlier = tags.get(ARTIFACT_SHA)
-        if tags.get(SOURCE) == record.source and earlier not in (
-            None,
-            str(record.digest),
-        ):
-            _logger.warning(
-                "models:/%s/%s was registered from %s with %s %s; those bytes "
-                "have changed since (now %s). That version no longer verifies, "
-                "and the new version records the changed bytes: check that "
-                "this is the model you meant to register.",
-                mv.name,
-                mv.version,
-                record.source,
-                ARTIFACT_SHA,
-                earlier,
-                record.digest,
-            )
+    same_place = [mv for mv in versions if (mv.tags or {}).get(SOURCE) == record.source]
+    for mv in [*same_place, copy_source]:
+        earlier = (mv.tags or {}).get(ARTIFACT_SHA) if mv is not None else None
+        if earlier is None or earlier == str(record.digest):
+            continue
+        uri = f"models:/{mv.name}/{mv.version}"
+        raise DigestMismatchError(
+            f"Refusing to record the bytes at {record.source}: {uri} recorded "
+            f"them as {earlier} and they now hash to {record.digest}, so they "
+            f"changed after {uri} was registered. Restore them (`mlflow-integrity "
+            f"verify {uri}` lists the files that differ), or log the new model "
+            "as a new artifact and register that.",
+            name=mv.name,
+            version=str(mv.version),
+            source=record.source,
+            expected=earlier,
+            actual=str(record.digest),
+        )
 
 
 def register_model(
@@ -178,7 +190,11 @@ def register_model(
 
     location = storage_location(model_uri, client)
     record = record_for(location, algorithm)
-    warn_if_location_changed(client.search_model_versions(f"name = '{name}'"), record)
+    refuse_if_changed_since_recorded(
+        client.search_model_versions(f"name = '{name}'"),
+        record,
+        _copy_source(client, model_uri),
+    )
     mv = mlflow.register_model(
         model_uri,
         name,
@@ -210,6 +226,15 @@ def register_model(
         len(record.manifest.files),
     )
     return client.get_model_version(mv.name, mv.version)
+
+
+def _copy_source(client: MlflowClient, model_uri: str) -> Any:
+    """The registered version a ``models:/<name>/<version|@alias>`` URI names
+    (the source of a copy); None for other URIs."""
+    body = model_uri[len("models:/") :] if model_uri.startswith("models:/") else ""
+    if not body or body.startswith("m-"):
+        return None
+    return resolve(client, model_uri).model_version
 
 
 def _is_integrity_store(client: MlflowClient) -> bool:

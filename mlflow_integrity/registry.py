@@ -53,6 +53,11 @@ _MANIFEST_PARTS = "parts:"
 # column holds 65,535 bytes; stay below both.
 _MANIFEST_CHUNK = 60_000
 
+# Bounds on what a tag may make a reader do: 10,000 parts of 60,000
+# characters, and 256 MiB of manifest (about two million files).
+_MAX_PARTS = 10_000
+_MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
@@ -260,6 +265,8 @@ def _decode_manifest(tags: dict[str, str]) -> Manifest:
         raise ValueError(f"the {MANIFEST} tag is missing")
     if text.startswith(_MANIFEST_PARTS):
         count = int(text[len(_MANIFEST_PARTS) :])
+        if not 1 <= count <= _MAX_PARTS:
+            raise ValueError(f"the manifest claims {count} parts")
         parts = [tags.get(f"{MANIFEST}.{i}") for i in range(1, count + 1)]
         if any(p is None for p in parts):
             raise ValueError(f"some of the {count} {MANIFEST}.<n> tags are missing")
@@ -267,7 +274,13 @@ def _decode_manifest(tags: dict[str, str]) -> Manifest:
     if not text.startswith(_MANIFEST_ENCODING):
         raise ValueError(f"the {MANIFEST} tag has an unknown encoding")
     packed = base64.b64decode(text[len(_MANIFEST_ENCODING) :], validate=True)
-    return Manifest.parse(zlib.decompress(packed))
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(packed, _MAX_MANIFEST_BYTES)
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(
+            f"the manifest inflates beyond {_MAX_MANIFEST_BYTES} bytes or is cut off"
+        )
+    return Manifest.parse(data)
 
 
 def read_record(mv: ModelVersion) -> Record | None:

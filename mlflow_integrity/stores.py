@@ -23,9 +23,12 @@ from mlflow.exceptions import MlflowException
 from mlflow_integrity.digest import (
     IGNORED_ROOT_FILES,
     Manifest,
+    canonical_path,
+    check_unchanged,
+    hash_open_file,
     hash_tree,
     iter_tree,
-    new_hasher,
+    open_regular,
 )
 from mlflow_integrity.errors import (
     ArtifactMissingError,
@@ -99,15 +102,16 @@ class LocalStore:
     def fetch(self, dest: str, algorithm: str) -> Manifest:
         self._check_present()
         buffer = bytearray(_COPY_SIZE)
-        view = memoryview(buffer)
         entries = []
         try:
             for rel, full in iter_tree(self.path):
                 if rel in IGNORED_ROOT_FILES:
                     continue
-                target = os.path.join(dest, *rel.split("/"))
+                # The copy takes the canonical (NFC) name, which is the name
+                # the record covers and the one a loader will ask for.
+                target = os.path.join(dest, *canonical_path(rel).split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                size, digest = _copy_hashing(full, target, algorithm, buffer, view)
+                size, digest = _copy_hashing(full, target, algorithm, buffer)
                 entries.append((rel, size, digest))
         except OSError as exc:
             raise StoreReadError(
@@ -117,17 +121,13 @@ class LocalStore:
 
 
 def _copy_hashing(
-    src: str, dst: str, algorithm: str, buffer: bytearray, view: memoryview
+    src: str, dst: str, algorithm: str, buffer: bytearray
 ) -> tuple[int, bytes]:
-    hasher = new_hasher(algorithm)
-    size = 0
-    with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
-        while n := fin.readinto(buffer):
-            chunk = view[:n]
-            hasher.update(chunk)
-            fout.write(chunk)
-            size += n
-    return size, hasher.digest()
+    raw, before = open_regular(src)
+    with raw, open(dst, "xb", buffering=0) as fout:
+        size, digest = hash_open_file(raw, algorithm, buffer, sink=fout.write)
+        check_unchanged(src, before, raw, size)
+    return size, digest
 
 
 class ArtifactRepositoryStore:
@@ -181,6 +181,11 @@ class ArtifactRepositoryStore:
             os.replace(downloaded, dest)
         finally:
             remove_tree(staging)
+        # Files the digest does not cover must not reach a loader either.
+        for name in IGNORED_ROOT_FILES:
+            path = os.path.join(dest, name)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)
         return hash_tree(dest, algorithm, private=True)
 
 

@@ -66,6 +66,26 @@ def test_policy_file_is_parsed(canary_policy):
             "not an age",
         ),
         ("[gate\n", "Cannot read"),
+        ("[gates]\nverify_bytes = true\n", "one \\[gate\\] table"),
+        (
+            "[[require_attestation]]\ndeployment='c'\nalias='a'\n",
+            "one \\[gate\\] table",
+        ),
+        ("[gate]\nrequire_attestation = 'x'\n", "\\[\\[gate.require_attestation\\]\\]"),
+        (
+            "[[gate.require_attestation]]\ndeployment='c'\nalias='a'\nmax-age='1h'\n",
+            "unknown keys",
+        ),
+        (
+            "[[gate.require_attestation]]\ndeployment='c'\nalias='a'\nmax_age='0s'\n",
+            "positive",
+        ),
+        ("[[gate.require_attestation]]\ndeployment='c'\nalias=1\n", "non-empty string"),
+        ("[[gate.require_attestation]]\ndeployment='c'\nstage='Prod'\n", "not one of"),
+        (
+            "[[gate.require_attestation]]\ndeployment='c'\nalias='a'\nmax_age='99999999999999999999d'\n",
+            "too large",
+        ),
     ],
 )
 def test_bad_policy_is_a_configuration_error(tmp_path, text, match):
@@ -208,3 +228,21 @@ def test_target_needs_exactly_one_of_alias_or_stage():
         gate.Target()
     with pytest.raises(ConfigurationError):
         gate.Target(alias="a", stage="Production")
+
+
+def test_future_dated_attestation_does_not_count(version, canary_policy):
+    """An attestation dated beyond the clock-skew allowance is refused."""
+    mv, stored = version
+    mlflow_integrity.attest(
+        "iris", "1", "canary", Digest.parse(mv.tags["artifact_sha"])
+    )
+    fresh = mlflow.MlflowClient().get_model_version("iris", "1")
+    earlier = datetime.now(UTC) - timedelta(hours=2)
+
+    outcome = gate.check(
+        fresh, gate.Target(alias="champion"), str(stored), policy=canary_policy,
+        now=lambda: earlier,
+    )  # fmt: skip
+
+    assert not outcome.ok
+    assert "in the future" in outcome.reasons[0]

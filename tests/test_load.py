@@ -77,6 +77,8 @@ def test_private_copy_is_not_the_store(version, tmp_path):
     copy = mlflow_integrity.download_verified("models:/iris/1", parent_dir=str(parent))
 
     assert Path(copy.path).parent.parent == parent
+    assert Path(copy.path).name == "model"
+    assert os.listdir(Path(copy.path).parent) == ["model"]
     assert not Path(copy.path).is_relative_to(stored)
     assert copy.result.ok and copy.digest is not None
 
@@ -233,10 +235,16 @@ def test_pin_checks_the_bytes_too(version):
         )
 
 
-def test_malformed_pin_is_a_configuration_error(version):
-    """A pin that is not a digest is a configuration error."""
+def test_malformed_pin_is_a_configuration_error(version, monkeypatch):
+    """A pin that is not a digest, or an empty one (a template whose variable
+    came out empty), is a configuration error, never "no pin"."""
     with pytest.raises(ConfigurationError, match="not a digest"):
         mlflow_integrity.load_model("models:/iris/1", expected="blake3:1234")
+    with pytest.raises(ConfigurationError, match="empty"):
+        mlflow_integrity.load_model("models:/iris/1", expected="")
+    monkeypatch.setenv("MLFLOW_INTEGRITY_EXPECTED_DIGEST", "")
+    with pytest.raises(ConfigurationError, match="empty"):
+        mlflow_integrity.load_model("models:/iris/1")
 
 
 def test_edited_digest_tag_is_malformed(version, integrity_registry):

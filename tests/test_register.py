@@ -176,20 +176,23 @@ def test_register_over_tracking_server(server_registry, log_sklearn):
     assert mlflow_integrity.verify(f"models:/served-iris/{mv.version}").ok
 
 
-def test_reregistering_changed_bytes_warns(integrity_registry, log_sklearn, caplog):
-    """Registering a location whose bytes changed since an earlier version
-    warns, naming that version and both digests."""
-    import logging
-
+def test_changed_bytes_cannot_be_reregistered(integrity_registry, log_sklearn):
+    """Bytes that changed after models:/iris/1 was registered cannot get a
+    fresh record, neither by registering their location nor by copying the
+    version: the refusal names the version and both digests."""
+    from mlflow_integrity.errors import DigestMismatchError
     from tests.helpers import flip_byte, weights_file
 
     first = mlflow_integrity.register_model(log_sklearn().runs_uri, "iris")
     stored = stored_dir(integrity_registry.client, "iris", first.version)
     flip_byte(weights_file(stored))
 
-    with caplog.at_level(logging.WARNING, logger="mlflow_integrity"):
-        second = mlflow_integrity.register_model(first.tags[registry.SOURCE], "iris")
-
-    assert "models:/iris/1 was registered from" in caplog.text
-    assert first.tags[registry.ARTIFACT_SHA] in caplog.text
-    assert second.tags[registry.ARTIFACT_SHA] in caplog.text
+    for uri, name in (
+        (first.tags[registry.SOURCE], "iris"),
+        ("models:/iris/1", "copy"),
+    ):
+        with pytest.raises(DigestMismatchError) as caught:
+            mlflow_integrity.register_model(uri, name)
+        assert "models:/iris/1 recorded them as" in str(caught.value)
+        assert first.tags[registry.ARTIFACT_SHA] in str(caught.value)
+    assert len(integrity_registry.client.search_model_versions("name = 'iris'")) == 1

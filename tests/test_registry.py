@@ -107,6 +107,8 @@ def test_untagged_reads_as_none():
         {registry.ARTIFACT_SHA: "blake3:nothex"},
         {registry.MANIFEST: "zlib+base64:!!!"},
         {registry.MANIFEST: "gzip:abc"},
+        {registry.MANIFEST: "parts:100000000"},
+        {registry.MANIFEST: "parts:0"},
     ],
 )
 def test_garbled_tags_are_malformed(edit):

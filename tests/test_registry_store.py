@@ -228,3 +228,54 @@ def test_other_calls_pass_through(wrapped, log_sklearn):
     wrapped.delete_model_version("iris-renamed", "1")
     with pytest.raises(MlflowException):
         wrapped.get_model_version("iris-renamed", "1")
+
+
+def test_prompt_api_cannot_bypass_the_store(wrapped, log_sklearn):
+    """MLflow's prompt methods, run against a model, meet the same checks:
+    record tags stay protected, the prompt flag cannot be added, and an alias
+    set through the prompt API is gated."""
+    mlflow.register_model(log_sklearn().runs_uri, "iris")
+    store = wrapped._get_registry_client().store
+    flip_byte(weights_file(stored_dir(wrapped, "iris", "1")))
+
+    with pytest.raises(ProtectedTagError):
+        store.set_prompt_version_tag("iris", "1", "artifact_sha", "blake3:" + "2" * 64)
+    with pytest.raises(ProtectedTagError):
+        store.delete_prompt_version_tag("iris", "1", "artifact_sha")
+    with pytest.raises(ProtectedTagError):
+        store.set_prompt_tag("iris", "mlflow.prompt.is_prompt", "true")
+    with pytest.raises(PromotionRefusedError):
+        store.set_prompt_alias("iris", "champion", "1")
+
+    assert "artifact_sha" in wrapped.get_model_version("iris", "1").tags
+
+
+def test_attestations_are_dated_by_the_store(wrapped, log_sklearn):
+    """A written attestation gets the store's time, not the writer's."""
+    import json
+
+    mv = mlflow.register_model(log_sklearn().runs_uri, "iris")
+    digest = wrapped.get_model_version("iris", mv.version).tags["artifact_sha"]
+    claim = json.dumps({"digest": digest, "at": "2099-01-01T00:00:00Z", "host": "x"})
+
+    wrapped.set_model_version_tag("iris", mv.version, "integrity.attest.canary", claim)
+
+    stored = json.loads(
+        wrapped.get_model_version("iris", mv.version).tags["integrity.attest.canary"]
+    )
+    assert not stored["at"].startswith("2099") and stored["digest"] == digest
+
+
+def test_a_second_registration_with_other_tags_is_not_a_retry(wrapped, log_sklearn):
+    """Only an identical request is taken for a retry; new tags make a new version."""
+    logged = log_sklearn()
+    wrapped.create_registered_model("twice")
+
+    first = wrapped.create_model_version(
+        "twice", logged.model_uri, run_id=logged.run_id
+    )
+    second = wrapped.create_model_version(
+        "twice", logged.model_uri, run_id=logged.run_id, tags={"note": "again"}
+    )
+
+    assert first.version != second.version

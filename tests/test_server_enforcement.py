@@ -215,7 +215,9 @@ def test_concurrent_promotions_end_on_a_verified_version(
     assert mlflow_integrity.verify("models:/srv-race@champion").ok
 
 
-def test_postgres_backend_enforces(mlflow_server_factory, tmp_path_factory, postgres_uri, classifier, monkeypatch):  # fmt: skip
+def test_postgres_backend_enforces(
+    mlflow_server_factory, tmp_path_factory, postgres_uri, classifier, monkeypatch
+):
     """On a PostgreSQL backend the server records digests and refuses a
     tampered version's alias move."""
     server = start_enforcing(mlflow_server_factory, tmp_path_factory, postgres_uri)

@@ -22,7 +22,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 SCHEME = "verified"
 
 
-class VerifiedArtifactRepository(ArtifactRepository):  # type: ignore[misc]
+class VerifiedArtifactRepository(ArtifactRepository):
     """Resolve ``verified:`` URIs to registered versions and fetch them verified."""
 
     def __init__(
@@ -36,10 +36,16 @@ class VerifiedArtifactRepository(ArtifactRepository):  # type: ignore[misc]
     def model_uri(self, artifact_path: str | None = None) -> str:
         """The ``models:/`` URI that this repository root plus a path names."""
         parsed = urllib.parse.urlparse(self.artifact_uri)
-        parts = [parsed.netloc, parsed.path.strip("/"), (artifact_path or "").strip("/")]
+        parts = [
+            parsed.netloc,
+            parsed.path.strip("/"),
+            (artifact_path or "").strip("/"),
+        ]
         return "models:/" + "/".join(p for p in parts if p)
 
-    def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
+    def download_artifacts(
+        self, artifact_path: str, dst_path: str | None = None
+    ) -> str:
         """Copy the version into a new private directory (under ``dst_path`` if
         given), verify it, and return the model directory.
 
@@ -49,7 +55,9 @@ class VerifiedArtifactRepository(ArtifactRepository):  # type: ignore[misc]
         """
         from mlflow_integrity.load import download_verified
 
-        return download_verified(self.model_uri(artifact_path), parent_dir=dst_path).path
+        return download_verified(
+            self.model_uri(artifact_path), parent_dir=dst_path
+        ).path
 
     def list_artifacts(self, path: str | None = None) -> list[Any]:
         """List the stored files of the version (unverified: a listing only)."""

@@ -36,6 +36,7 @@ import logging
 import threading
 import time
 import urllib.parse
+from datetime import UTC, datetime
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersionTag
@@ -108,6 +109,20 @@ class IntegrityRegistryStore(AbstractStore):
             return location
         path = urllib.parse.urlparse(location).path.lstrip("/")
         return f"{destination.rstrip('/')}/{path}"
+
+    def _copy_source(self, source: str) -> Any:
+        """The registered version a ``models:/<name>/<version|@alias>`` source
+        names (a copy); None for other sources."""
+        if not source.startswith("models:/"):
+            return None
+        body = source[len("models:/") :].strip("/")
+        if body.startswith("m-"):
+            return None
+        name, _, selector = body.partition("/")
+        if "@" in name:
+            name, _, alias = name.partition("@")
+            return self._inner.get_model_version_by_alias(name, alias)
+        return self._inner.get_model_version(name, selector)
 
     def _location_of_source(self, source: str, model_id: str | None) -> str:
         if source.startswith("models:/"):
@@ -185,7 +200,7 @@ class IntegrityRegistryStore(AbstractStore):
 
         key = (name, source, run_id or "")
         with self._creation_lock(key):
-            existing = self._recent_duplicate(name, source, run_id)
+            existing = self._recent_duplicate(name, source, run_id, kept, description)
             if existing is not None:
                 _logger.info(
                     "create of %s from %s repeats models:/%s/%s (a retry); "
@@ -200,12 +215,14 @@ class IntegrityRegistryStore(AbstractStore):
             from mlflow_integrity.register import (
                 default_algorithm,
                 record_for,
-                warn_if_location_changed,
+                refuse_if_changed_since_recorded,
             )
 
             location = self._location_of_source(source, model_id)
             record = record_for(location, default_algorithm())
-            warn_if_location_changed(self._versions_of(name), record)
+            refuse_if_changed_since_recorded(
+                self._versions_of(name), record, self._copy_source(source)
+            )
             record_tags = [ModelVersionTag(k, v) for k, v in record.to_tags().items()]
             mv = self._inner.create_model_version(
                 tags=kept + record_tags, **passthrough
@@ -232,15 +249,28 @@ class IntegrityRegistryStore(AbstractStore):
         except Exception:
             return []
 
-    def _recent_duplicate(self, name: str, source: str, run_id: str | None) -> Any:
-        versions = self._versions_of(name)
+    def _recent_duplicate(
+        self,
+        name: str,
+        source: str,
+        run_id: str | None,
+        tags: list[ModelVersionTag],
+        description: str | None,
+    ) -> Any:
+        """A version this store created moments ago from an identical request
+        (same source, run, tags and description): the one a retry repeats."""
+        wanted = {t.key: t.value for t in tags}
         horizon = (time.time() - DEDUP_WINDOW_SECONDS) * 1000
-        for mv in versions:
+        for mv in self._versions_of(name):
+            mv_tags = dict(mv.tags or {})
             if (
                 mv.source == source
                 and (mv.run_id or None) == (run_id or None)
-                and ARTIFACT_SHA in (mv.tags or {})
+                and ARTIFACT_SHA in mv_tags
                 and (mv.creation_timestamp or 0) >= horizon
+                and (mv.description or None) == (description or None)
+                and {k: v for k, v in mv_tags.items() if not is_integrity_tag(k)}
+                == wanted
             ):
                 return mv
         return None
@@ -313,12 +343,18 @@ class IntegrityRegistryStore(AbstractStore):
             )
         if tag.key.startswith(ATTEST_PREFIX):
             try:
-                Attestation.from_tag(tag.key, tag.value)
+                claimed = Attestation.from_tag(tag.key, tag.value)
             except (ValueError, ConfigurationError) as exc:
                 raise ConfigurationError(
                     f"models:/{name}/{version}: {exc}; write attestations with "
                     "mlflow_integrity.attest or `mlflow-integrity attest`."
                 ) from None
+            # The store dates the attestation itself: a writer chooses the
+            # digest it claims to run, not when the claim was made.
+            stamped = Attestation(
+                claimed.deployment, claimed.digest, datetime.now(UTC), claimed.host
+            )
+            tag = ModelVersionTag(tag.key, stamped.to_tag_value())
         return self._inner.set_model_version_tag(name, version, tag)
 
     def delete_model_version_tag(self, name: str, version: str, key: str) -> Any:
@@ -345,7 +381,17 @@ class IntegrityRegistryStore(AbstractStore):
 
 
 def _delegate(method_name: str) -> Any:
+    default: Any = AbstractStore.__dict__.get(method_name)
+
     def method(self: IntegrityRegistryStore, *args: Any, **kwargs: Any) -> Any:
+        # Where the inner store keeps MLflow's default implementation (the
+        # prompt API, for one), that default is written in terms of other
+        # store methods: run it on this wrapper, so that those calls are
+        # recorded, gated and protected too, instead of reaching the inner
+        # store unchecked.
+        inner_impl: Any = getattr(type(self._inner), method_name, None)
+        if inner_impl is not None and inner_impl is default:
+            return inner_impl(self, *args, **kwargs)
         return getattr(self._inner, method_name)(*args, **kwargs)
 
     method.__name__ = method_name
