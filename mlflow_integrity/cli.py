@@ -364,6 +364,47 @@ def attest(model_uri: str, deployment: str, local_path: str, fmt: str) -> None:
         raise SystemExit(EXIT_INTEGRITY)
 
 
+@cli.command()
+@click.argument("model_uri")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option(
+    "--expect",
+    default=None,
+    metavar="DIGEST",
+    help="Pinned digest (default: MLFLOW_INTEGRITY_EXPECTED_DIGEST).",
+)
+@click.option("--keep", default=3, show_default=True, help="Copies to keep.")
+@_format_option
+def pull(model_uri: str, dest: str, expect: str | None, keep: int, fmt: str) -> None:
+    """Download MODEL_URI verified into DEST and switch DEST/current to it.
+
+    For init containers: exits 0 when DEST/current holds the verified copy,
+    1 when the bytes do not verify (DEST/current is left as it was).
+    """
+    from mlflow_integrity.materialize import pull as pull_copy
+
+    copy = pull_copy(model_uri, dest, expected=expect, keep=keep)
+    payload = {
+        "model_uri": copy.model_uri,
+        "digest": str(copy.digest),
+        "path": copy.path,
+        "current": os.path.join(dest, "current"),
+    }
+    _emit(fmt, payload, f"{dest}/current -> {copy.name} ({copy.model_uri})")
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(exists=True, file_okay=False))
+@_format_option
+def rollback(dest: str, fmt: str) -> None:
+    """Switch DEST/current back to the previous copy that still verifies."""
+    from mlflow_integrity.materialize import rollback as roll_back
+
+    copy = roll_back(dest)
+    payload = {"model_uri": copy.model_uri, "digest": str(copy.digest)}
+    _emit(fmt, payload, f"{dest}/current -> {copy.name} ({copy.model_uri})")
+
+
 def _matching_models(client: Any, pattern: str) -> list[str]:
     if not any(ch in pattern for ch in "*?["):
         return [pattern]
