@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_model": "load",
     "promote": "gate",
     "register_model": "register",
+    "verification_of": "load",
     "verify": "check",
 }
 
@@ -67,6 +68,7 @@ __all__ = [
     "load_model",
     "promote",
     "register_model",
+    "verification_of",
     "verify",
 ]
 
@@ -86,7 +88,12 @@ if TYPE_CHECKING:
         UntaggedVersionError,
     )
     from mlflow_integrity.gate import Policy, attest, promote
-    from mlflow_integrity.load import VerifiedModel, download_verified, load_model
+    from mlflow_integrity.load import (
+        VerifiedModel,
+        download_verified,
+        load_model,
+        verification_of,
+    )
     from mlflow_integrity.register import backfill_version, register_model
 
 

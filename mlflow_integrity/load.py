@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import tempfile
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +33,14 @@ from mlflow_integrity.errors import (
     ConfigurationError,
     DigestMismatchError,
     IntegrityError,
+    UntaggedVersionError,
 )
 from mlflow_integrity.registry import ResolvedVersion, read_record, resolve
 from mlflow_integrity.stores import open_store, remove_tree
 
 _logger = logging.getLogger(__name__)
+
+PIN_WAIT_ENV = "MLFLOW_INTEGRITY_PIN_WAIT"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,28 @@ class VerifiedModel:
         return self.result.model_uri
 
 
+def pin_wait_seconds(pin_wait: float | None = None) -> float:
+    """How long a pinned load waits for the pinned content to become visible:
+    the argument, else ``MLFLOW_INTEGRITY_PIN_WAIT`` (seconds), else 0.
+
+    Raises:
+        ConfigurationError: for a negative or non-numeric value.
+    """
+    raw: object = pin_wait if pin_wait is not None else os.environ.get(PIN_WAIT_ENV)
+    if raw in (None, ""):
+        return 0.0
+    try:
+        seconds = float(raw)  # type: ignore[arg-type]
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigurationError(
+            f"The pin wait ({PIN_WAIT_ENV} or pin_wait=) must be a number of "
+            f"seconds, not {raw!r}."
+        )
+    return seconds
+
+
 def download_verified(
     model_uri: str,
     *,
@@ -66,11 +92,15 @@ def download_verified(
     allow_untagged: bool = False,
     parent_dir: str | None = None,
     client: MlflowClient | None = None,
+    pin_wait: float | None = None,
 ) -> VerifiedModel:
     """Copy a registered version into a new private directory and verify it.
 
-    On any failure the copy is removed before the error is raised, so no
-    unverified bytes are left where a loader could pick them up.
+    With a pin, a mismatch may only mean that the registry or the store still
+    answers with what it held before the pinned content was registered
+    (read-after-write lag, a replica, a cache). Such a load retries, with
+    backoff from 0.5 s doubling to 10 s, for up to ``pin_wait`` seconds before
+    it fails; without a pin nothing is retried.
 
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``.
@@ -79,18 +109,45 @@ def download_verified(
         parent_dir: where to create the private directory (a new temporary
             directory by default).
         client: an MlflowClient; the default one otherwise.
+        pin_wait: seconds a pinned load keeps retrying; defaults to
+            ``MLFLOW_INTEGRITY_PIN_WAIT``, else 0.
 
     Raises:
         DigestMismatchError: a file differs, is missing or was added, or the
-            record does not equal the pin.
+            record does not equal the pin (after ``pin_wait``).
         ArtifactMissingError: the stored artifact is gone.
         UntaggedVersionError: no digest is recorded and untagged is not allowed.
         MalformedTagError: the record does not parse or was edited.
         StoreReadError: the store failed.
-        ConfigurationError: a malformed URI or pin.
+        ConfigurationError: a malformed URI, pin or wait.
     """
     client = client or MlflowClient()
     pin = pinned_digest(expected)
+    deadline = time.monotonic() + (pin_wait_seconds(pin_wait) if pin else 0.0)
+    delay = 0.5
+    while True:
+        try:
+            return _download_once(model_uri, pin, allow_untagged, parent_dir, client)
+        except (DigestMismatchError, UntaggedVersionError):
+            if pin is None or time.monotonic() + delay > deadline:
+                raise
+        _logger.warning(
+            "%s does not show the pinned %s yet; retrying in %.1f s",
+            model_uri,
+            pin.short,
+            delay,
+        )
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+def _download_once(
+    model_uri: str,
+    pin: Digest | None,
+    allow_untagged: bool,
+    parent_dir: str | None,
+    client: MlflowClient,
+) -> VerifiedModel:
     resolved = resolve(client, model_uri)
     record = read_record(resolved.model_version)
     if record is None and not allow_untagged:
@@ -175,6 +232,7 @@ def load_model(
     expected: str | Digest | None = None,
     allow_untagged: bool = False,
     attest: str | None = None,
+    pin_wait: float | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a registered model with any flavor, after verifying its bytes.
@@ -189,6 +247,8 @@ def load_model(
         attest: a deployment name (such as ``canary``): after loading, record
             on the version that this deployment runs the verified digest, for
             promotion policies that demand it (see :mod:`mlflow_integrity.gate`).
+        pin_wait: seconds a pinned load waits for the pinned content (see
+            :func:`download_verified`).
         **kwargs: passed to the flavor's ``load_model``.
 
     Returns:
@@ -207,7 +267,7 @@ def load_model(
 
         check_deployment(attest)
     copy = download_verified(
-        model_uri, expected=expected, allow_untagged=allow_untagged
+        model_uri, expected=expected, allow_untagged=allow_untagged, pin_wait=pin_wait
     )
     private = os.path.dirname(copy.path)
     try:
@@ -219,6 +279,10 @@ def load_model(
         weakref.finalize(model, remove_tree, private)
     except TypeError:
         atexit.register(remove_tree, private)
+    else:
+        # Keyed by id: some model classes define __eq__ and are unhashable.
+        _VERIFIED[id(model)] = copy.result
+        weakref.finalize(model, _VERIFIED.pop, id(model), None)
 
     if attest is not None and copy.digest is not None:
         from mlflow_integrity.gate import attest as record_attestation
@@ -227,6 +291,17 @@ def load_model(
         assert result.name is not None and result.version is not None
         record_attestation(result.name, result.version, attest, copy.digest)
     return model
+
+
+# What each loaded model was verified as, for as long as the model lives.
+_VERIFIED: dict[int, VerifyResult] = {}
+
+
+def verification_of(model: Any) -> VerifyResult | None:
+    """What a model returned by :func:`load_model` was verified as: version,
+    digest (``.actual``), source and time (``.checked_at``); None for objects
+    it did not load (or that cannot be weakly referenced)."""
+    return _VERIFIED.get(id(model))
 
 
 def _flavor_loader(flavor: str) -> Any:

@@ -306,3 +306,57 @@ def test_tampering_behind_the_tracking_server_is_refused(
     with pytest.raises(DigestMismatchError) as caught:
         mlflow_integrity.load_model(uri)
     assert [c.path for c in caught.value.diff.modified] == [weights.name]
+
+
+def test_loaded_model_exposes_what_was_verified(version):
+    """verification_of(model) gives the version, digest and time checked."""
+    mv, _ = version
+
+    model = mlflow_integrity.load_model("models:/iris/1")
+    info = mlflow_integrity.verification_of(model)
+
+    assert info is not None and info.ok
+    assert (info.name, info.version) == ("iris", "1")
+    assert str(info.actual) == mv.tags[registry.ARTIFACT_SHA]
+    assert info.checked_at.endswith("Z")
+    assert mlflow_integrity.verification_of(object()) is None
+
+
+def test_pinned_load_waits_for_the_pinned_content(registered, integrity_registry):
+    """A load pinned to version 2's digest through an alias still on version 1
+    retries until the alias moves, within pin_wait; without the wait it fails
+    at once, naming both digests."""
+    import threading
+
+    first, second = registered("iris"), registered("iris")
+    client = integrity_registry.client
+    client.set_registered_model_alias("iris", "champion", "1")
+    pin = second.tags[registry.ARTIFACT_SHA]
+
+    with pytest.raises(DigestMismatchError) as caught:
+        mlflow_integrity.load_model("models:/iris@champion", expected=pin)
+    assert pin in str(caught.value)
+    assert first.tags[registry.ARTIFACT_SHA] in str(caught.value)
+
+    mover = threading.Timer(
+        1.0, client.set_registered_model_alias, args=("iris", "champion", "2")
+    )
+    mover.start()
+    try:
+        model = mlflow_integrity.load_model(
+            "models:/iris@champion", expected=pin, pin_wait=20
+        )
+    finally:
+        mover.cancel()
+    assert mlflow_integrity.verification_of(model).version == "2"
+
+
+def test_pin_wait_must_be_a_number(version, monkeypatch):
+    """A bad MLFLOW_INTEGRITY_PIN_WAIT is a configuration error."""
+    mv, _ = version
+    monkeypatch.setenv("MLFLOW_INTEGRITY_PIN_WAIT", "soon")
+
+    with pytest.raises(ConfigurationError, match="PIN_WAIT"):
+        mlflow_integrity.load_model(
+            "models:/iris/1", expected=mv.tags[registry.ARTIFACT_SHA]
+        )
