@@ -405,6 +405,42 @@ def rollback(dest: str, fmt: str) -> None:
     _emit(fmt, payload, f"{dest}/current -> {copy.name} ({copy.model_uri})")
 
 
+@cli.command(name="serve")
+@click.argument("model_uri")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--expect", default=None, metavar="DIGEST", help="Pinned digest.")
+@click.option("--attest", default=None, metavar="DEPLOYMENT", help="Attest as.")
+def serve_command(
+    model_uri: str, host: str, port: int, expect: str | None, attest: str | None
+) -> None:
+    """Serve MODEL_URI with MLflow's scoring server, from a verified copy.
+
+    Adds GET /integrity (version, digest, time) for readiness probes. Exits 1
+    without serving when the bytes do not verify.
+    """
+    from mlflow_integrity.serve import serve
+
+    serve(model_uri, host, port, expected=expect, attest=attest)
+
+
+@cli.command(name="probe")
+@click.argument("url")
+@click.option("--expect", default=None, metavar="DIGEST", help="Digest to require.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds.")
+@_format_option
+def probe_command(url: str, expect: str | None, timeout: float, fmt: str) -> None:
+    """Check what a running `mlflow-integrity serve` at URL serves.
+
+    Exits 0 when it answers (with --expect: serves that digest), 1 when it
+    serves another digest, 2 when it cannot be reached.
+    """
+    from mlflow_integrity.serve import probe
+
+    report = probe(url, expect, timeout)
+    _emit(fmt, report, f"{url} serves {report['model_uri']} ({report['digest']})")
+
+
 def _matching_models(client: Any, pattern: str) -> list[str]:
     if not any(ch in pattern for ch in "*?["):
         return [pattern]
