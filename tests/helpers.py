@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import requests
 
 WEIGHT_FILES = ("model.skops", "model.pkl")
 
@@ -32,3 +38,56 @@ def flip_byte(path: Path, offset: int = 64) -> None:
     data = bytearray(path.read_bytes())
     data[offset % len(data)] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(
+    args: list[str], tracking_uri: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m ARGS`` against a registry, logging to ``log_path``.
+
+    This interpreter's scripts go first on PATH, as in an activated virtual
+    environment: MLflow's scoring server runs ``uvicorn`` by name.
+    """
+    bindir = os.path.dirname(sys.executable)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+    }
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 120) -> bool:
+    """True once ``url``/ping answers; False if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"nothing answered on {url} within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a process, killing it if it does not exit in 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

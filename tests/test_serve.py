@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import requests
 
 from mlflow_integrity import registry
 from mlflow_integrity.cli import main
-from tests.helpers import flip_byte, stored_dir, weights_file
-from tests.test_models_serve import free_port, stop, wait_ready
+from tests.helpers import (
+    flip_byte,
+    free_port,
+    spawn,
+    stop,
+    stored_dir,
+    wait_ready,
+    weights_file,
+)
 
 pytestmark = pytest.mark.server
 
 
 def start(model_uri: str, tracking_uri: str, log_path, *extra: str):
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    env.pop("MLFLOW_REGISTRY_URI", None)
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_integrity.cli", "serve", model_uri,
-         "--port", str(port), *extra],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
+    args = ["mlflow_integrity.cli", "serve", model_uri, "--port", str(port), *extra]
+    return spawn(args, tracking_uri, log_path), f"http://127.0.0.1:{port}"
 
 
 def test_serve_reports_and_probe_checks(
