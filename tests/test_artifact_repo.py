@@ -82,3 +82,35 @@ def test_tampered_bytes_never_reach_the_flavor(version):
 
     with pytest.raises(DigestMismatchError, match="models:/iris/1"):
         mlflow.sklearn.load_model("verified:/iris@champion")
+
+
+def test_models_scheme_is_plain_mlflow_unless_switched_on(version, monkeypatch):
+    """With the switch off, models:/ behaves as in MLflow (a change to a file
+    the loader does not read goes unnoticed); switched on, the same load is
+    refused. An alias is still resolved by MLflow, once."""
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    _, stored = version
+    (stored / "conda.yaml").write_text("name: changed\n")
+    monkeypatch.delenv("MLFLOW_INTEGRITY_VERIFY_MODELS_URIS", raising=False)
+
+    assert type(get_artifact_repository("models:/iris/1")) is ModelsArtifactRepository
+    assert mlflow.sklearn.load_model("models:/iris@champion") is not None
+
+    monkeypatch.setenv("MLFLOW_INTEGRITY_VERIFY_MODELS_URIS", "1")
+    with pytest.raises(DigestMismatchError, match=r"conda\.yaml"):
+        mlflow.sklearn.load_model("models:/iris@champion")
+
+
+def test_models_scheme_switched_on_loads_untouched_versions(version, monkeypatch, iris):
+    """Switched on, an untouched version loads through plain models:/ URIs,
+    single files inside it included."""
+    features, labels = iris
+    monkeypatch.setenv("MLFLOW_INTEGRITY_VERIFY_MODELS_URIS", "true")
+
+    assert mlflow.sklearn.load_model("models:/iris/1").score(features, labels) > 0.9
+    info = mlflow.models.get_model_info("models:/iris/1")
+    assert "sklearn" in info.flavors

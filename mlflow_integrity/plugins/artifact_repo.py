@@ -81,3 +81,64 @@ class VerifiedArtifactRepository(ArtifactRepository):
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         raise NotImplementedError("verified: URIs are read-only.")
+
+
+MODELS_SWITCH_ENV = "MLFLOW_INTEGRITY_VERIFY_MODELS_URIS"
+
+
+def models_switch_on() -> bool:
+    """True when ``MLFLOW_INTEGRITY_VERIFY_MODELS_URIS`` turns on verified
+    ``models:/`` URIs (``1``, ``true`` or ``yes``)."""
+    import os
+
+    return os.environ.get(MODELS_SWITCH_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def models_repository(
+    artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> Any:
+    """The repository for MLflow's own ``models`` scheme.
+
+    This package registers it in place of MLflow's; it returns MLflow's
+    ``ModelsArtifactRepository`` unchanged unless the switch is on, and then a
+    subclass whose downloads of registered versions are verified.
+    """
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    cls = _verified_models_class() if models_switch_on() else ModelsArtifactRepository
+    return cls(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def _verified_models_class() -> Any:
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    class VerifiedModelsArtifactRepository(ModelsArtifactRepository):
+        """``models:/`` downloads of registered versions, verified first.
+
+        The version is the one MLflow resolved when it built this repository
+        (an alias is resolved once). Logged models (``models:/m-<id>``) have
+        no record and are downloaded as MLflow does.
+        """
+
+        def download_artifacts(
+            self,
+            artifact_path: str,
+            dst_path: str | None = None,
+            lineage_header_info: Any = None,
+        ) -> str:
+            import os
+
+            from mlflow_integrity.load import download_verified
+
+            if self.is_logged_model_uri or self.model_version is None:
+                return str(super().download_artifacts(artifact_path, dst_path))
+            uri = f"models:/{self.model_name}/{self.model_version}"
+            copy = download_verified(uri, parent_dir=dst_path)
+            if not artifact_path:
+                return copy.path
+            inside = os.path.join(copy.path, *artifact_path.strip("/").split("/"))
+            if not os.path.exists(inside):
+                raise FileNotFoundError(f"{uri} has no {artifact_path!r}.")
+            return inside
+
+    return VerifiedModelsArtifactRepository
