@@ -13,7 +13,9 @@ then is ``current`` switched, by renaming a new symlink over the old one (an
 atomic step on POSIX). ``current`` is re-verified after the switch; if that
 fails it is switched back. A pull that is killed or fails leaves ``current``
 on the last good copy, and nothing outside ``.staging`` that could be taken
-for a model. The last ``keep`` copies stay, for :func:`rollback`.
+for a model. The last ``keep`` copies stay, for :func:`rollback`. Pulls into one folder
+take turns (an advisory lock on ``DEST/.lock``); each clears what a killed
+pull left in ``.staging``.
 
 Following an alias continuously (``pull --watch``) is not implemented yet: run
 ``pull`` from a loop or a cron job meanwhile; a pull of the version already
@@ -22,10 +24,13 @@ current changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -124,8 +129,30 @@ def pull(
     """
     if keep < 1:
         raise ConfigurationError("keep must be at least 1 (the current copy).")
-    os.makedirs(os.path.join(dest, STAGING), exist_ok=True)
+    staging = os.path.join(dest, STAGING)
+    os.makedirs(staging, exist_ok=True)
+    with _locked(dest):
+        # Under the lock no other pull runs here: what is left in .staging
+        # is what a killed pull left behind.
+        for leftover in os.listdir(staging):
+            remove_tree(os.path.join(staging, leftover))
+        return _pull_locked(model_uri, dest, expected, keep)
 
+
+@contextlib.contextmanager
+def _locked(dest: str) -> Iterator[None]:
+    """Serialise pulls into one destination (an advisory lock on DEST/.lock)."""
+    with open(os.path.join(dest, ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pull_locked(
+    model_uri: str, dest: str, expected: str | Digest | None, keep: int
+) -> Deployed:
     copy = download_verified(
         model_uri, expected=expected, parent_dir=os.path.join(dest, STAGING)
     )

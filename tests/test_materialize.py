@@ -109,7 +109,8 @@ def test_sigkill_mid_download_leaves_previous_copy(
     registered, integrity_registry, tmp_path
 ):
     """A pull killed with SIGKILL while copying a large model leaves current on
-    the previous copy and no model-shaped directory outside .staging."""
+    the previous copy and no model-shaped directory outside .staging; the
+    next pull clears the leftovers."""
     registered("iris")
     big = registered("iris")
     store = stored_dir(integrity_registry.client, "iris", big.version)
@@ -144,3 +145,8 @@ def test_sigkill_mid_download_leaves_previous_copy(
 
     assert os.readlink(dest / "current") == good.name
     assert model_dirs(dest) == sorted([good.name, "current"])
+
+    # The next pull clears the killed one's leftovers and succeeds.
+    assert os.listdir(dest / ".staging")
+    materialize.pull(f"models:/iris-big/{third.version}", str(dest))
+    assert os.listdir(dest / ".staging") == []
