@@ -14,6 +14,7 @@ A version's integrity record lives in its tags:
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import zlib
@@ -82,6 +83,7 @@ class ModelRef:
     alias: str | None = None
     stage: str | None = None
     pin: Digest | None = None
+    model_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ def parse_model_uri(uri: str) -> ModelRef:
 
     Raises:
         ConfigurationError: for any other form.
-        NotImplementedError: for ``models:/m-<id>`` (a logged model, which has no
-            registry record to verify against).
+
+    ``models:/m-<id>`` (a logged model) is accepted: it resolves to the newest
+    registered version made from that logged model.
     """
     if not uri.startswith("models:/") or uri.startswith("models://"):
         raise ConfigurationError(
@@ -134,11 +137,7 @@ def parse_model_uri(uri: str) -> ModelRef:
                 ) from None
         return ModelRef(uri, name, alias=selector)
     if body.startswith("m-"):
-        raise NotImplementedError(
-            f"{uri!r} names a logged model, not a registered version; "
-            "mlflow-integrity verifies registered versions only. Register it and "
-            "use models:/<name>/<version>."
-        )
+        return ModelRef(uri, "", model_id=body)
     raise ConfigurationError(
         f"{uri!r} names no version; use models:/{body}/<version> or "
         f"models:/{body}@<alias>."
@@ -167,6 +166,10 @@ def resolve(client: MlflowClient, uri: str) -> ResolvedVersion:
 
 
 def _lookup(client: MlflowClient, ref: ModelRef) -> tuple[ModelVersion, str]:
+    if ref.model_id is not None:
+        return _lookup_logged_model(
+            client, ref.model_id
+        ), f"logged model {ref.model_id}"
     if ref.version is not None:
         return client.get_model_version(ref.name, ref.version), "version"
     if ref.alias is not None:
@@ -188,6 +191,31 @@ def _lookup(client: MlflowClient, ref: ModelRef) -> tuple[ModelVersion, str]:
             f"No version of {ref.name!r} is in stage {ref.stage!r}."
         )
     return latest[0], f"stage {ref.stage}"
+
+
+def _lookup_logged_model(client: MlflowClient, model_id: str) -> ModelVersion:
+    """The newest registered version made from a logged model: only a
+    registered version has a record to verify against."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    logged = client.get_logged_model(model_id)
+    try:
+        versions = json.loads((logged.tags or {}).get(MLFLOW_MODEL_VERSIONS, "[]"))
+    except ValueError:
+        versions = []
+    found = []
+    for entry in versions:
+        try:
+            found.append(client.get_model_version(entry["name"], str(entry["version"])))
+        except (MlflowException, KeyError, TypeError):
+            continue
+    if not found:
+        raise ConfigurationError(
+            f"Logged model {model_id} was never registered, so there is no "
+            "recorded digest to verify it against; register it with "
+            "mlflow_integrity.register_model first."
+        )
+    return max(found, key=lambda mv: int(mv.creation_timestamp or 0))
 
 
 def _lookup_pin(client: MlflowClient, name: str, pin: Digest) -> ModelVersion:

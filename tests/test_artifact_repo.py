@@ -114,3 +114,22 @@ def test_models_scheme_switched_on_loads_untouched_versions(version, monkeypatch
     assert mlflow.sklearn.load_model("models:/iris/1").score(features, labels) > 0.9
     info = mlflow.models.get_model_info("models:/iris/1")
     assert "sklearn" in info.flavors
+
+
+def test_logged_model_id_resolves_to_its_registered_version(
+    integrity_registry, log_sklearn, iris
+):
+    """verified:/m-<id> verifies against the version registered from it; a
+    logged model that was never registered is refused."""
+    features, labels = iris
+    logged = log_sklearn()
+    mlflow_integrity.register_model(logged.model_uri, "by-id")
+    model_id = logged.model_uri.removeprefix("models:/")
+
+    estimator = mlflow.sklearn.load_model(f"verified:/{model_id}")
+    assert estimator.score(features, labels) > 0.9
+    assert mlflow_integrity.verify(logged.model_uri).version == "1"
+
+    never = log_sklearn().model_uri.removeprefix("models:/")
+    with pytest.raises(ConfigurationError, match="never registered"):
+        mlflow.sklearn.load_model(f"verified:/{never}")

@@ -61,10 +61,11 @@ def test_unparseable_uris(uri):
         registry.parse_model_uri(uri)
 
 
-def test_logged_model_uri_is_not_implemented():
-    """models:/m-<id> is refused plainly: a logged model has no registry record."""
-    with pytest.raises(NotImplementedError, match="logged model"):
-        registry.parse_model_uri("models:/m-0123456789abcdef")
+def test_logged_model_uri_parses_to_a_model_id():
+    """models:/m-<id> names a logged model, resolved to its registered version."""
+    ref = registry.parse_model_uri("models:/m-0123456789abcdef")
+
+    assert ref.model_id == "m-0123456789abcdef"
 
 
 def test_record_round_trip():
