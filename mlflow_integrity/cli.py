@@ -374,14 +374,39 @@ def attest(model_uri: str, deployment: str, local_path: str, fmt: str) -> None:
     help="Pinned digest (default: MLFLOW_INTEGRITY_EXPECTED_DIGEST).",
 )
 @click.option("--keep", default=3, show_default=True, help="Copies to keep.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep following MODEL_URI (an alias), switching to each verified target.",
+)
+@click.option(
+    "--interval", default=30.0, show_default=True, help="--watch poll, 1-3600 s."
+)
 @_format_option
-def pull(model_uri: str, dest: str, expect: str | None, keep: int, fmt: str) -> None:
+def pull(
+    model_uri: str,
+    dest: str,
+    expect: str | None,
+    keep: int,
+    watch: bool,
+    interval: float,
+    fmt: str,
+) -> None:
     """Download MODEL_URI verified into DEST and switch DEST/current to it.
 
     For init containers: exits 0 when DEST/current holds the verified copy,
-    1 when the bytes do not verify (DEST/current is left as it was).
+    1 when the bytes do not verify (DEST/current is left as it was). With
+    --watch, runs until interrupted (a sidecar), never switching to bytes
+    that do not verify.
     """
     from mlflow_integrity.materialize import pull as pull_copy
+    from mlflow_integrity.materialize import watch as follow
+
+    if watch:
+        if expect:
+            raise click.UsageError("--watch follows an alias; it takes no --expect.")
+        follow(model_uri, dest, interval=interval, keep=keep)
+        return
 
     copy = pull_copy(model_uri, dest, expected=expect, keep=keep)
     payload = {

@@ -17,9 +17,9 @@ for a model. The last ``keep`` copies stay, for :func:`rollback`. Pulls into one
 take turns (an advisory lock on ``DEST/.lock``); each clears what a killed
 pull left in ``.staging``.
 
-Following an alias continuously (``pull --watch``) is not implemented yet: run
-``pull`` from a loop or a cron job meanwhile; a pull of the version already
-current changes nothing.
+:func:`watch` (``pull --watch``) follows an alias: it polls the registry every
+``interval`` seconds and pulls each newly named version that verifies; one
+that does not verify is logged and skipped, and ``current`` stays.
 """
 
 from __future__ import annotations
@@ -225,3 +225,57 @@ def rollback(dest: str) -> Deployed:
     raise ConfigurationError(
         f"{dest} holds no other copy that verifies; nothing to roll back to."
     )
+
+
+MIN_INTERVAL = 1.0
+MAX_INTERVAL = 3600.0
+
+
+def watch(
+    model_uri: str,
+    dest: str,
+    *,
+    interval: float = 30.0,
+    keep: int = 3,
+    max_polls: int | None = None,
+) -> None:
+    """Keep ``DEST/current`` on what ``model_uri`` names, polling the registry.
+
+    Args:
+        model_uri: usually ``models:/<name>@<alias>``.
+        dest: the pull destination.
+        interval: seconds between polls, from 1 to 3600.
+        keep: copies to keep.
+        max_polls: stop after this many polls (None: until interrupted).
+
+    Raises:
+        ConfigurationError: for an interval out of range.
+    """
+    import time
+
+    from mlflow import MlflowClient
+
+    from mlflow_integrity.errors import IntegrityError
+    from mlflow_integrity.registry import ARTIFACT_SHA, resolve
+
+    if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        raise ConfigurationError(
+            f"--interval must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} s."
+        )
+    client = MlflowClient()
+    polls = 0
+    while max_polls is None or polls < max_polls:
+        polls += 1
+        try:
+            named = resolve(client, model_uri).model_version.tags.get(ARTIFACT_SHA)
+            live = current(dest)
+            if live is None or named != str(live.digest):
+                pull(model_uri, dest, keep=keep)
+        except IntegrityError as err:
+            _logger.warning(
+                "%s: not switching, %s stays: %s",
+                model_uri,
+                CURRENT,
+                err.message.splitlines()[0],
+            )
+        time.sleep(interval)

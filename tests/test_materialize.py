@@ -150,3 +150,55 @@ def test_sigkill_mid_download_leaves_previous_copy(
     assert os.listdir(dest / ".staging")
     materialize.pull(f"models:/iris-big/{third.version}", str(dest))
     assert os.listdir(dest / ".staging") == []
+
+
+def test_watch_follows_the_alias_and_skips_bad_targets(
+    registered, integrity_registry, tmp_path
+):
+    """pull --watch switches current when the alias moves to a verified
+    version, and stays when it moves to a tampered one."""
+    from mlflow_integrity.digest import Digest
+    from tests.helpers import spawn, stop
+
+    versions = [registered("iris") for _ in range(3)]
+    names = [
+        materialize.copy_name(Digest.parse(v.tags["artifact_sha"])) for v in versions
+    ]
+    client = integrity_registry.client
+    client.set_registered_model_alias("iris", "champion", "1")
+    dest = tmp_path / "deploy"
+
+    def current_becomes(name, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (
+                os.path.islink(dest / "current")
+                and os.readlink(dest / "current") == name
+            ):
+                return True
+            time.sleep(0.2)
+        return False
+
+    args = ["mlflow_integrity.cli", "pull", "models:/iris@champion", str(dest),
+            "--watch", "--interval", "1"]  # fmt: skip
+    proc = spawn(args, integrity_registry.tracking_uri, tmp_path / "watch.log")
+    try:
+        assert current_becomes(names[0]), (tmp_path / "watch.log").read_text()
+        client.set_registered_model_alias("iris", "champion", "2")
+        assert current_becomes(names[1])
+
+        flip_byte(weights_file(stored_dir(client, "iris", "3")))
+        client.set_registered_model_alias("iris", "champion", "3")
+        time.sleep(4)
+        assert os.readlink(dest / "current") == names[1]
+        assert "not switching" in (tmp_path / "watch.log").read_text()
+    finally:
+        stop(proc)
+
+
+def test_watch_interval_is_bounded(registered, tmp_path):
+    """An interval outside 1..3600 s is a configuration error."""
+    from mlflow_integrity.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="between"):
+        materialize.watch("models:/iris@champion", str(tmp_path), interval=0.1)
