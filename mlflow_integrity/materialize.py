@@ -19,7 +19,8 @@ pull left in ``.staging``.
 
 :func:`watch` (``pull --watch``) follows an alias: it polls the registry every
 ``interval`` seconds and pulls each newly named version that verifies; one
-that does not verify is logged and skipped, and ``current`` stays.
+that does not verify is logged and skipped (not downloaded again until the
+URI names another version or digest), and ``current`` stays.
 """
 
 from __future__ import annotations
@@ -263,15 +264,21 @@ def watch(
             f"--interval must be between {MIN_INTERVAL:g} and {MAX_INTERVAL:g} s."
         )
     client = MlflowClient()
+    refused: tuple[str, str | None] | None = None
     polls = 0
     while max_polls is None or polls < max_polls:
         polls += 1
+        named: tuple[str, str | None] | None = None
         try:
-            named = resolve(client, model_uri).model_version.tags.get(ARTIFACT_SHA)
+            mv = resolve(client, model_uri).model_version
+            named = (str(mv.version), mv.tags.get(ARTIFACT_SHA))
             live = current(dest)
-            if live is None or named != str(live.digest):
+            # A target that was refused is not downloaded again until the
+            # URI names something else.
+            if named != refused and (live is None or named[1] != str(live.digest)):
                 pull(model_uri, dest, keep=keep)
         except IntegrityError as err:
+            refused = named
             _logger.warning(
                 "%s: not switching, %s stays: %s",
                 model_uri,
