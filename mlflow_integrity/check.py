@@ -20,7 +20,13 @@ from mlflow_integrity.errors import (
     StoreReadError,
     UntaggedVersionError,
 )
-from mlflow_integrity.registry import Record, ResolvedVersion, read_record, resolve
+from mlflow_integrity.registry import (
+    Record,
+    ResolvedVersion,
+    read_record,
+    resolve,
+    utc_text,
+)
 from mlflow_integrity.render import render_result
 from mlflow_integrity.stores import open_store
 
@@ -49,7 +55,7 @@ _ERROR_FOR_STATUS: dict[str, type[IntegrityError]] = {
 
 
 def now_utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(datetime.now(UTC))
 
 
 @dataclass(frozen=True)

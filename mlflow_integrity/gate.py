@@ -45,6 +45,7 @@ from mlflow_integrity.registry import (
     ATTEST_PREFIX,
     ResolvedVersion,
     read_record,
+    utc_text,
 )
 from mlflow_integrity.render import render_result
 from mlflow_integrity.stores import open_store
@@ -221,7 +222,7 @@ class Attestation:
         return json.dumps(
             {
                 "digest": str(self.digest),
-                "at": self.at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "at": utc_text(self.at),
                 "host": self.host,
             },
             sort_keys=True,

@@ -244,13 +244,9 @@ def _is_integrity_store(client: MlflowClient) -> bool:
 
 
 def write_record(client: MlflowClient, name: str, version: str, record: Record) -> None:
-    """Write a record's tags onto an existing version, ``artifact_sha`` last, so
-    that an interrupted write leaves the version UNTAGGED, never half-recorded."""
-    tags = record.to_tags()
-    digest = tags.pop(ARTIFACT_SHA)
-    for key, value in tags.items():
+    """Write a record's tags onto an existing version (``artifact_sha`` last)."""
+    for key, value in record.tags_in_write_order():
         client.set_model_version_tag(name, version, key, value)
-    client.set_model_version_tag(name, version, ARTIFACT_SHA, digest)
 
 
 def backfill_version(

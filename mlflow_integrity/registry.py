@@ -62,6 +62,11 @@ _MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 _VERSION_RE = re.compile(r"^[0-9]+$")
 
 
+def utc_text(moment: datetime) -> str:
+    """A UTC time as written in tags and reports: ``2026-12-03T15:43:38Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def is_integrity_tag(key: str) -> bool:
     """True for every tag mlflow-integrity reads: the record and attestations."""
     return key == ARTIFACT_SHA or key.startswith(TAG_PREFIX)
@@ -250,7 +255,7 @@ class Record:
     def new(
         cls, manifest: Manifest, source: str, origin: str = ORIGIN_REGISTRATION
     ) -> Record:
-        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        now = utc_text(datetime.now(UTC))
         return cls(
             digest=manifest.root_digest(),
             manifest=manifest,
@@ -272,6 +277,14 @@ class Record:
         }
         tags.update(_encode_manifest(self.manifest))
         return tags
+
+    def tags_in_write_order(self) -> list[tuple[str, str]]:
+        """The tags for writing onto an existing version one by one:
+        ``artifact_sha`` last, so that an interrupted write leaves the version
+        UNTAGGED, never half-recorded."""
+        tags = self.to_tags()
+        digest = tags.pop(ARTIFACT_SHA)
+        return [*tags.items(), (ARTIFACT_SHA, digest)]
 
 
 def _encode_manifest(manifest: Manifest) -> dict[str, str]:

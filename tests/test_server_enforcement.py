@@ -210,7 +210,11 @@ def test_concurrent_promotions_end_on_a_verified_version(
 
     final = plain_client.get_model_version_by_alias("srv-race", "champion").version
     assert outcomes[versions[2]] == "PERMISSION_DENIED"
-    assert {outcomes[versions[0]], outcomes[versions[1]]} == {"moved"}
+    # The gate refuses neither verified version. (Rarely, MLflow's sqlite
+    # backend itself rejects one of two simultaneous alias writes with
+    # BAD_REQUEST; that is not a gate refusal, and one of them still lands.)
+    assert "PERMISSION_DENIED" not in {outcomes[versions[0]], outcomes[versions[1]]}
+    assert "moved" in {outcomes[versions[0]], outcomes[versions[1]]}
     assert str(final) in versions[:2]
     assert mlflow_integrity.verify("models:/srv-race@champion").ok
 

@@ -282,15 +282,10 @@ class IntegrityRegistryStore(AbstractStore):
     def write_record(self, name: str, version: str, record: Record) -> None:
         """Write a record computed by mlflow-integrity (backfill), past the
         tag protection; ``artifact_sha`` last."""
-        tags = record.to_tags()
-        digest = tags.pop(ARTIFACT_SHA)
-        for key, value in tags.items():
+        for key, value in record.tags_in_write_order():
             self._inner.set_model_version_tag(
                 name, version, ModelVersionTag(key, value)
             )
-        self._inner.set_model_version_tag(
-            name, version, ModelVersionTag(ARTIFACT_SHA, digest)
-        )
 
     # --- the gate --------------------------------------------------------------
 
