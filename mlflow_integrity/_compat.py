@@ -95,3 +95,32 @@ def is_prompt_model(registered_model: Any) -> bool:
     """True if a RegisteredModel was created as a prompt (MLflow hides the
     marking tag from ``RegisteredModel.tags``)."""
     return bool(registered_model._is_prompt())
+
+
+def proxy_repository(uri: str) -> tuple[Any, Any]:
+    """MLflow's HTTP artifact repository for a proxied URI (``mlflow-artifacts:``
+    resolved against the tracking URI, or a ``/mlflow-artifacts/artifacts``
+    URL), and the host credentials (auth headers, TLS settings) it sends.
+
+    The repository's own download writes each file to disk before anything can
+    hash it; reading the stream ourselves needs its credentials.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+
+    repo = get_artifact_repository(uri)
+    return repo, repo._host_creds  # type: ignore[attr-defined]
+
+
+def http_get_stream(host_creds: Any, endpoint: str) -> Any:
+    """``GET`` an endpoint below the host credentials' URL as a stream, with
+    MLflow's retry and timeout settings; raises for an error status."""
+    from mlflow.utils.rest_utils import (  # type: ignore[attr-defined]
+        augmented_raise_for_status,
+        http_request,
+    )
+
+    response = http_request(host_creds, endpoint, "GET", stream=True)
+    augmented_raise_for_status(response)
+    return response

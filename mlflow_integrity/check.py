@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from mlflow import MlflowClient
 
-from mlflow_integrity.digest import Digest, Manifest, ManifestDiff
+from mlflow_integrity.digest import Digest, FileChange, Manifest, ManifestDiff
 from mlflow_integrity.errors import (
     ArtifactMissingError,
     ConfigurationError,
@@ -28,7 +28,8 @@ from mlflow_integrity.registry import (
     utc_text,
 )
 from mlflow_integrity.render import render_result
-from mlflow_integrity.stores import open_store
+from mlflow_integrity.stores import Store, open_store
+from mlflow_integrity.stores.s3 import ObjectHistory, S3Store
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ MALFORMED = "MALFORMED"
 UNREADABLE = "UNREADABLE"
 STALE = "STALE"
 STATUSES = (VERIFIED, MODIFIED, MISSING, EXTRA, UNTAGGED, MALFORMED, UNREADABLE, STALE)
+
+# How a verdict was reached: "deep" re-read every byte; "quick" compared the
+# object store's metadata (version id, ETag, size) with what was recorded and
+# re-read only the objects whose metadata changed.
+DEEP = "deep"
+QUICK = "quick"
+MODES = (DEEP, QUICK)
 
 _ERROR_FOR_STATUS: dict[str, type[IntegrityError]] = {
     MODIFIED: DigestMismatchError,
@@ -79,6 +87,8 @@ class VerifyResult:
     detail: str = ""
     whole_artifact_missing: bool = False
     checked_at: str = field(default_factory=now_utc)
+    mode: str = DEEP
+    object_history: tuple[ObjectHistory, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -135,6 +145,8 @@ class VerifyResult:
             "recorded_at": self.record.recorded_at if self.record else None,
             "origin": self.record.origin if self.record else None,
             "checked_at": self.checked_at,
+            "mode": self.mode,
+            "object_versions": [h.to_dict() for h in self.object_history],
             "detail": self.detail or None,
             "files": [
                 {
@@ -253,16 +265,75 @@ def failed(
     )
 
 
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is ``deep`` or ``quick``.
+
+    Raises:
+        ConfigurationError: otherwise.
+    """
+    if mode not in MODES:
+        raise ConfigurationError(
+            f"Unknown check mode {mode!r}; use 'deep' (re-read every byte) or "
+            "'quick' (compare object metadata, re-read what changed)."
+        )
+    return mode
+
+
+def measure(store: Store, record: Record, mode: str = DEEP) -> tuple[Manifest, str]:
+    """The manifest of the stored tree now, and the mode that produced it.
+
+    Quick mode needs object metadata recorded at registration and a store
+    that lists it (S3, at the recorded bucket and prefix); anywhere else it
+    falls back to reading every byte, and the mode returned says ``deep``.
+
+    Raises:
+        IntegrityError: if the store cannot be read.
+    """
+    objects = record.objects
+    if (
+        mode == QUICK
+        and objects is not None
+        and isinstance(store, S3Store)
+        and (objects.bucket, objects.prefix) == (store.bucket, store.prefix)
+    ):
+        manifest, reread = store.quick_manifest(record.manifest, objects)
+        _logger.debug("quick check of %s re-read %d objects", store.uri, reread)
+        return manifest, QUICK
+    return store.manifest(record.digest.algorithm), DEEP
+
+
+def object_history(
+    store: Store, record: Record, diff: ManifestDiff
+) -> tuple[tuple[ObjectHistory, ...], str]:
+    """For a failed check on a versioned bucket: what replaced each changed or
+    lost object version, and whether the recorded one can still be fetched.
+    Returns the histories, and a note if the history could not be read (which
+    never changes the verdict)."""
+    if record.objects is None or not isinstance(store, S3Store):
+        return (), ""
+    listed = record.objects.by_path()
+    wanted = [
+        listed[c.path]
+        for c in diff.modified + diff.missing
+        if c.path in listed and listed[c.path].version_id
+    ]
+    try:
+        return tuple(store.history(obj) for obj in wanted), ""
+    except IntegrityError as err:
+        return (), f"the object version history could not be read: {err.message}"
+
+
 def verify(
     model_uri: str,
     *,
     expected: str | Digest | None = None,
     client: MlflowClient | None = None,
+    mode: str = DEEP,
 ) -> VerifyResult:
     """Check a registered version's stored artifact against its record.
 
-    Every file is re-read from the store; nothing is loaded. Integrity
-    failures are returned as the result's status, not raised.
+    Nothing is loaded. Integrity failures are returned as the result's status,
+    not raised.
 
     Args:
         model_uri: ``models:/<name>/<version>`` or ``models:/<name>@<alias>``
@@ -270,10 +341,17 @@ def verify(
         expected: a pinned digest that the record and the bytes must both equal;
             defaults to ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``.
         client: an MlflowClient; the default one otherwise.
+        mode: ``deep`` re-reads every byte; ``quick`` compares the object
+            versions, ETags and sizes recorded at registration with the
+            bucket's listing and re-reads only objects whose metadata changed
+            (S3 only; elsewhere it reads every byte). ``result.mode`` says
+            which one ran.
 
     Raises:
-        ConfigurationError: if the URI or the pin is malformed, or names nothing.
+        ConfigurationError: if the URI, the pin or the mode is malformed, or
+            the URI names nothing.
     """
+    check_mode(mode)
     client = client or MlflowClient()
     pin = pinned_digest(expected)
     resolved = resolve(client, model_uri)
@@ -291,12 +369,35 @@ def verify(
             pin=pin,
         )
 
+    store: Store | None = None
     try:
-        actual = open_store(resolved.source).manifest(record.digest.algorithm)
+        store = open_store(resolved.source)
+        actual, used = measure(store, record, mode)
     except IntegrityError as err:
-        return failed(resolved, err, record, pin)
+        result = replace(failed(resolved, err, record, pin), mode=mode)
+        if result.status == MISSING and store is not None:
+            # The whole tree is gone; on a versioned bucket its objects may not be.
+            every = ManifestDiff(
+                missing=tuple(
+                    FileChange(e.path, e, None) for e in record.manifest.files
+                )
+            )
+            history, note = object_history(store, record, every)
+            result = replace(
+                result,
+                object_history=history,
+                detail=" ".join(t for t in (result.detail, note) if t),
+            )
+        return result
 
-    result = compare(resolved, record, actual, pin)
+    result = replace(compare(resolved, record, actual, pin), mode=used)
+    if not result.ok and result.diff:
+        history, note = object_history(store, record, result.diff)
+        result = replace(
+            result,
+            object_history=history,
+            detail=" ".join(t for t in (result.detail, note) if t),
+        )
     _log_outcome(result)
     return result
 

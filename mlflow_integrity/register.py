@@ -93,7 +93,8 @@ def record_for(
         UnsafeArtifactError: if the tree cannot be covered safely.
         StoreReadError: if the store fails.
     """
-    manifest: Manifest = open_store(location).manifest(algorithm)
+    snapshot = open_store(location).snapshot(algorithm)
+    manifest: Manifest = snapshot.manifest
     if not manifest.files:
         raise ArtifactMissingError(
             f"The model directory at {location} contains no files; there is "
@@ -101,7 +102,7 @@ def record_for(
             "completely.",
             source=location,
         )
-    return Record.new(manifest, location, origin)
+    return Record.new(manifest, location, origin, objects=snapshot.objects)
 
 
 def refuse_if_changed_since_recorded(

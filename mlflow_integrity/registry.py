@@ -6,6 +6,11 @@ A version's integrity record lives in its tags:
 - ``integrity.manifest`` (and ``integrity.manifest.<n>`` when split): the
   canonical manifest, zlib-compressed and base64-encoded, which must hash to
   ``artifact_sha`` or the record is MALFORMED;
+- ``integrity.objects`` (and ``integrity.objects.<n>``): for artifacts in an
+  object store, the version id, ETag, size and time of each object read at
+  registration, as JSON, encoded like the manifest. It is not part of the
+  digest: it lets a check skip unchanged objects (quick mode), name the object
+  version that replaced a file, and restore the recorded one;
 - ``integrity.source``, ``integrity.recorded_at``, ``integrity.recorded_by``,
   ``integrity.origin`` (``registration`` or ``backfill``), ``integrity.spec``;
 - ``integrity.attest.<deployment>``: runtime attestations (see ``gate``).
@@ -27,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_integrity import __version__
 from mlflow_integrity.digest import SPEC_VERSION, Digest, Manifest
 from mlflow_integrity.errors import ConfigurationError, MalformedTagError
+from mlflow_integrity.stores import ObjectListing
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -37,6 +43,7 @@ _logger = logging.getLogger(__name__)
 ARTIFACT_SHA = "artifact_sha"
 TAG_PREFIX = "integrity."
 MANIFEST = "integrity.manifest"
+OBJECTS = "integrity.objects"
 SOURCE = "integrity.source"
 RECORDED_AT = "integrity.recorded_at"
 RECORDED_BY = "integrity.recorded_by"
@@ -250,10 +257,15 @@ class Record:
     recorded_at: str
     recorded_by: str
     origin: str = ORIGIN_REGISTRATION
+    objects: ObjectListing | None = None
 
     @classmethod
     def new(
-        cls, manifest: Manifest, source: str, origin: str = ORIGIN_REGISTRATION
+        cls,
+        manifest: Manifest,
+        source: str,
+        origin: str = ORIGIN_REGISTRATION,
+        objects: ObjectListing | None = None,
     ) -> Record:
         now = utc_text(datetime.now(UTC))
         return cls(
@@ -263,6 +275,7 @@ class Record:
             recorded_at=now,
             recorded_by=f"mlflow-integrity {__version__}",
             origin=origin,
+            objects=objects,
         )
 
     def to_tags(self) -> dict[str, str]:
@@ -275,7 +288,10 @@ class Record:
             ORIGIN: self.origin,
             SPEC: str(SPEC_VERSION),
         }
-        tags.update(_encode_manifest(self.manifest))
+        tags.update(_encode_blob(MANIFEST, self.manifest.canonical_bytes()))
+        if self.objects is not None:
+            data = json.dumps(self.objects.to_json(), separators=(",", ":"))
+            tags.update(_encode_blob(OBJECTS, data.encode("utf-8")))
         return tags
 
     def tags_in_write_order(self) -> list[tuple[str, str]]:
@@ -287,41 +303,55 @@ class Record:
         return [*tags.items(), (ARTIFACT_SHA, digest)]
 
 
-def _encode_manifest(manifest: Manifest) -> dict[str, str]:
-    packed = base64.b64encode(zlib.compress(manifest.canonical_bytes(), 9))
+def _encode_blob(key: str, data: bytes) -> dict[str, str]:
+    packed = base64.b64encode(zlib.compress(data, 9))
     text = _MANIFEST_ENCODING + packed.decode("ascii")
     if len(text) <= _MANIFEST_CHUNK:
-        return {MANIFEST: text}
+        return {key: text}
     chunks = [
         text[i : i + _MANIFEST_CHUNK] for i in range(0, len(text), _MANIFEST_CHUNK)
     ]
-    tags = {MANIFEST: f"{_MANIFEST_PARTS}{len(chunks)}"}
-    tags.update({f"{MANIFEST}.{i}": chunk for i, chunk in enumerate(chunks, 1)})
+    tags = {key: f"{_MANIFEST_PARTS}{len(chunks)}"}
+    tags.update({f"{key}.{i}": chunk for i, chunk in enumerate(chunks, 1)})
     return tags
 
 
-def _decode_manifest(tags: dict[str, str]) -> Manifest:
-    text = tags.get(MANIFEST)
+def _decode_blob(tags: dict[str, str], key: str) -> bytes:
+    text = tags.get(key)
     if text is None:
-        raise ValueError(f"the {MANIFEST} tag is missing")
+        raise ValueError(f"the {key} tag is missing")
     if text.startswith(_MANIFEST_PARTS):
         count = int(text[len(_MANIFEST_PARTS) :])
         if not 1 <= count <= _MAX_PARTS:
-            raise ValueError(f"the manifest claims {count} parts")
-        parts = [tags.get(f"{MANIFEST}.{i}") for i in range(1, count + 1)]
+            raise ValueError(f"the {key} tag claims {count} parts")
+        parts = [tags.get(f"{key}.{i}") for i in range(1, count + 1)]
         if any(p is None for p in parts):
-            raise ValueError(f"some of the {count} {MANIFEST}.<n> tags are missing")
+            raise ValueError(f"some of the {count} {key}.<n> tags are missing")
         text = "".join(p for p in parts if p is not None)
     if not text.startswith(_MANIFEST_ENCODING):
-        raise ValueError(f"the {MANIFEST} tag has an unknown encoding")
+        raise ValueError(f"the {key} tag has an unknown encoding")
     packed = base64.b64decode(text[len(_MANIFEST_ENCODING) :], validate=True)
     inflater = zlib.decompressobj()
     data = inflater.decompress(packed, _MAX_MANIFEST_BYTES)
     if inflater.unconsumed_tail or not inflater.eof:
         raise ValueError(
-            f"the manifest inflates beyond {_MAX_MANIFEST_BYTES} bytes or is cut off"
+            f"the {key} tag inflates beyond {_MAX_MANIFEST_BYTES} bytes or is cut off"
         )
-    return Manifest.parse(data)
+    return data
+
+
+def _decode_manifest(tags: dict[str, str]) -> Manifest:
+    return Manifest.parse(_decode_blob(tags, MANIFEST))
+
+
+def _decode_objects(tags: dict[str, str], manifest: Manifest) -> ObjectListing | None:
+    if OBJECTS not in tags:
+        return None
+    listing = ObjectListing.from_json(json.loads(_decode_blob(tags, OBJECTS)))
+    paths = [o.path for o in listing.objects]
+    if paths != [e.path for e in manifest.files]:
+        raise ValueError(f"the {OBJECTS} tag does not list the manifest's files")
+    return listing
 
 
 def read_record(mv: ModelVersion) -> Record | None:
@@ -366,6 +396,15 @@ def read_record(mv: ModelVersion) -> Record | None:
             expected=str(digest),
             actual=str(manifest.root_digest()),
         )
+    try:
+        objects = _decode_objects(tags, manifest)
+    except (ValueError, zlib.error, UnicodeDecodeError) as exc:
+        raise MalformedTagError(
+            f"{where}: the recorded object versions cannot be read ({exc}). {fix}",
+            name=mv.name,
+            version=str(mv.version),
+            expected=str(digest),
+        ) from None
     return Record(
         digest=digest,
         manifest=manifest,
@@ -373,4 +412,5 @@ def read_record(mv: ModelVersion) -> Record | None:
         recorded_at=tags.get(RECORDED_AT, ""),
         recorded_by=tags.get(RECORDED_BY, ""),
         origin=tags.get(ORIGIN, ORIGIN_REGISTRATION),
+        objects=objects,
     )

@@ -65,6 +65,15 @@ def _next_step(result: VerifyResult) -> tuple[str, str]:
             "error above is the store's own), then check again:",
             verify,
         )
+    if any(h.recoverable for h in result.object_history) and all(
+        h.recoverable for h in result.object_history
+    ):
+        return (
+            "Bytes that fail this check are never loaded. The bucket still "
+            "holds every recorded object version that changed; to put them "
+            "back (each is verified before it is copied):",
+            f"mlflow-integrity restore {result.name} {result.version} --yes",
+        )
     if result.pin is not None and result.expected != result.pin:
         return (
             "Either the deployment pins the wrong digest, or the version was "
@@ -110,8 +119,22 @@ def render_result(result: VerifyResult) -> str:
         lines.append(f"  {'actual':<{_LABEL_WIDTH}}  {result.actual}")
     if result.detail:
         lines.append(f"  {'detail':<{_LABEL_WIDTH}}  {result.detail}")
+    if result.mode != "deep":
+        lines.append(
+            f"  {'mode':<{_LABEL_WIDTH}}  {result.mode} (object metadata compared; "
+            "objects whose metadata changed were re-read)"
+        )
     algorithm = result.expected.algorithm if result.expected else "blake3"
     lines.extend(render_diff(result.diff, algorithm))
+    for history in result.object_history:
+        lines.append(
+            textwrap.fill(
+                history.describe(),
+                width=_WRAP,
+                initial_indent=f"  {'object':<{_LABEL_WIDTH}}  ",
+                subsequent_indent=" " * (_LABEL_WIDTH + 4),
+            )
+        )
     if not result.ok:
         advice, command = _next_step(result)
         lines.append(textwrap.fill(advice, width=_WRAP))

@@ -99,7 +99,8 @@ def test_verify_tampered_exits_1_with_the_file_named(capsys, version):
     assert payload["status"] == "MODIFIED"
     assert set(payload) == {
         "model_uri", "name", "version", "source", "status", "expected", "actual",
-        "pinned", "recorded_at", "origin", "checked_at", "detail", "files",
+        "pinned", "recorded_at", "origin", "checked_at", "mode", "object_versions",
+        "detail", "files",
     }  # fmt: skip
     assert payload["files"][0]["path"] == weights.name
 
