@@ -282,24 +282,50 @@ def check_mode(mode: str) -> str:
 def measure(store: Store, record: Record, mode: str = DEEP) -> tuple[Manifest, str]:
     """The manifest of the stored tree now, and the mode that produced it.
 
-    Quick mode needs object metadata recorded at registration and a store
-    that lists it (S3, at the recorded bucket and prefix); anywhere else it
-    falls back to reading every byte, and the mode returned says ``deep``.
+    Quick mode needs the object metadata recorded at registration (S3). The
+    metadata is listed where the record says the objects are, which is also
+    where a tracking server's proxy reads them from; when that listing fails
+    (a client without S3 credentials behind the proxy) or there is no such
+    record, every byte is read from ``store`` instead and the mode returned
+    says ``deep``.
 
     Raises:
         IntegrityError: if the store cannot be read.
     """
     objects = record.objects
-    if (
-        mode == QUICK
-        and objects is not None
-        and isinstance(store, S3Store)
-        and (objects.bucket, objects.prefix) == (store.bucket, store.prefix)
-    ):
-        manifest, reread = store.quick_manifest(record.manifest, objects)
-        _logger.debug("quick check of %s re-read %d objects", store.uri, reread)
-        return manifest, QUICK
+    if mode == QUICK and objects is not None and objects.store == "s3":
+        listed = recorded_location(store, record)
+        try:
+            manifest, reread = listed.quick_manifest(record.manifest, objects)
+        except StoreReadError as err:
+            if listed is store:
+                raise
+            _logger.info(
+                "quick check of %s could not list the bucket (%s); reading "
+                "every byte through %s",
+                store.uri,
+                err.message,
+                store.uri,
+            )
+        else:
+            _logger.debug("quick check of %s re-read %d objects", listed.uri, reread)
+            return manifest, QUICK
     return store.manifest(record.digest.algorithm), DEEP
+
+
+def recorded_location(store: Store, record: Record) -> S3Store:
+    """The S3 tree the record's object versions were read from: ``store``
+    itself, or (for a version behind a tracking server's proxy) the bucket
+    the server recorded."""
+    objects = record.objects
+    assert objects is not None
+    if isinstance(store, S3Store) and (store.bucket, store.prefix) == (
+        objects.bucket,
+        objects.prefix,
+    ):
+        return store
+    prefix = f"/{objects.prefix}" if objects.prefix else ""
+    return S3Store(f"s3://{objects.bucket}{prefix}")
 
 
 def object_history(
@@ -309,7 +335,7 @@ def object_history(
     lost object version, and whether the recorded one can still be fetched.
     Returns the histories, and a note if the history could not be read (which
     never changes the verdict)."""
-    if record.objects is None or not isinstance(store, S3Store):
+    if record.objects is None or record.objects.store != "s3":
         return (), ""
     listed = record.objects.by_path()
     wanted = [
@@ -317,8 +343,11 @@ def object_history(
         for c in diff.modified + diff.missing
         if c.path in listed and listed[c.path].version_id
     ]
+    if not wanted:
+        return (), ""
     try:
-        return tuple(store.history(obj) for obj in wanted), ""
+        s3 = recorded_location(store, record)
+        return tuple(s3.history(obj) for obj in wanted), ""
     except IntegrityError as err:
         return (), f"the object version history could not be read: {err.message}"
 

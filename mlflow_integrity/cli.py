@@ -148,16 +148,45 @@ def register(
     metavar="DIGEST",
     help="Pinned digest (default: MLFLOW_INTEGRITY_EXPECTED_DIGEST).",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["deep", "quick"]),
+    default="deep",
+    show_default=True,
+    help="deep re-reads every byte; quick compares S3 object versions and "
+    "ETags with the record and re-reads only what changed.",
+)
 @_format_option
-def verify(model_uri: str, expect: str | None, fmt: str) -> None:
+def verify(model_uri: str, expect: str | None, mode: str, fmt: str) -> None:
     """Re-read a registered version's stored bytes and compare them with its
     recorded digest. Exits 1 unless VERIFIED."""
     from mlflow_integrity.check import verify as verify_uri
     from mlflow_integrity.render import render_result
 
-    result = verify_uri(model_uri, expected=expect)
+    result = verify_uri(model_uri, expected=expect, mode=mode)
     _emit(fmt, result.to_dict(), render_result(result))
     if not result.ok:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version")
+@click.option(
+    "--yes", is_flag=True, help="Apply; without it, only print what would be done."
+)
+@_format_option
+def restore(name: str, version: str, yes: bool, fmt: str) -> None:
+    """Put the registered bytes of NAME VERSION back from the recorded S3
+    object versions (bucket with versioning). Every recorded version is
+    verified before anything is written; objects added since registration
+    are deleted (a delete marker, recoverable). Exits 1 unless the version
+    verifies afterwards (or already did)."""
+    from mlflow_integrity.restore import restore as restore_version
+
+    plan = restore_version(name, version, yes=yes)
+    _emit(fmt, plan.to_dict(), plan.describe())
+    if plan.after is not None and not plan.after.ok:
         raise SystemExit(EXIT_INTEGRITY)
 
 

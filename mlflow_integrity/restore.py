@@ -1,0 +1,239 @@
+"""Putting the registered bytes of a version back, from a versioned bucket.
+
+On a bucket with versioning, an overwritten or deleted object keeps its old
+version. A record made on such a bucket names the version id of every object
+that was hashed, so the registered bytes can be put back: each recorded
+version is read and verified against the manifest first, and only when every
+one of them verifies is anything written. Each is then copied onto its key
+(a server-side copy, so the bytes do not pass through this machine again);
+objects that were added after registration are deleted, which on a versioned
+bucket leaves a delete marker over them rather than destroying them. The tree
+is verified again at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow import MlflowClient
+
+from mlflow_integrity.check import (
+    DEEP,
+    VerifyResult,
+    compare,
+    failed,
+    measure,
+    recorded_location,
+)
+from mlflow_integrity.digest import FileEntry
+from mlflow_integrity.errors import (
+    ConfigurationError,
+    DigestMismatchError,
+    IntegrityError,
+    UntaggedVersionError,
+)
+from mlflow_integrity.registry import read_record, resolve
+from mlflow_integrity.stores import StoredObject, open_store
+from mlflow_integrity.stores.s3 import S3Store
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore would do, from a deep check of the tree as stored now."""
+
+    name: str
+    version: str
+    source: str
+    before: VerifyResult
+    put_back: tuple[StoredObject, ...] = ()
+    remove: tuple[str, ...] = ()
+    applied: bool = False
+    after: VerifyResult | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.put_back or self.remove)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_uri": f"models:/{self.name}/{self.version}",
+            "source": self.source,
+            "status_before": self.before.status,
+            "put_back": [
+                {"path": o.path, "key": o.key, "version_id": o.version_id}
+                for o in self.put_back
+            ],
+            "remove": list(self.remove),
+            "applied": self.applied,
+            "status_after": self.after.status if self.after else None,
+        }
+
+    def describe(self) -> str:
+        uri = f"models:/{self.name}/{self.version}"
+        if not self.needed:
+            return (
+                f"{uri}: the stored artifact already matches its record; "
+                "nothing to restore."
+            )
+        verb = "Restored" if self.applied else "Would restore"
+        lines = [f"{verb} {uri} in {self.source}:"]
+        lines += [
+            f"  put back  {o.path}  (version {o.version_id}, verified)"
+            for o in self.put_back
+        ]
+        lines += [
+            f"  remove    {key}  (added since registration)" for key in self.remove
+        ]
+        if self.after is not None:
+            lines.append(f"Checked again: {self.after.status}.")
+        elif not self.applied:
+            lines.append("Nothing was changed; pass --yes to apply.")
+        return "\n".join(lines)
+
+
+def plan_restore(
+    name: str, version: str, *, client: MlflowClient | None = None
+) -> tuple[RestorePlan, S3Store]:
+    """Check a version deeply and work out what putting it back needs.
+
+    Every recorded object version to be put back is read and verified against
+    the manifest here, before anything is written.
+
+    Raises:
+        UntaggedVersionError: the version has no record.
+        ConfigurationError: the version is not stored in S3, or its record
+            holds no object versions (registered on a bucket without
+            versioning, or before this feature).
+        DigestMismatchError: a recorded object version is gone, or its bytes
+            are not the registered ones.
+    """
+    client = client or MlflowClient()
+    resolved = resolve(client, f"models:/{name}/{version}")
+    uri = resolved.uri
+    record = read_record(resolved.model_version)
+    if record is None:
+        raise UntaggedVersionError(
+            f"{uri} has no recorded digest, so there is nothing to restore to.",
+            name=name,
+            version=version,
+        )
+    objects = record.objects
+    if (
+        objects is None
+        or objects.store != "s3"
+        or not objects.versioned
+        or any(o.version_id is None for o in objects.objects)
+    ):
+        raise ConfigurationError(
+            f"{uri} cannot be restored from object versions: its artifact "
+            f"({resolved.source}) was not recorded on an S3 bucket with "
+            "versioning, so no earlier object version is named. Restore the "
+            "files from a backup, then run `mlflow-integrity verify "
+            f"{uri}`.",
+            name=name,
+            version=version,
+        )
+    # Where the record says the objects are: the version's own s3:// source,
+    # or the bucket behind a tracking server's proxy.
+    store = recorded_location(open_store(resolved.source), record)
+
+    try:
+        actual, _ = measure(store, record, DEEP)
+        before = compare(resolved, record, actual)
+    except IntegrityError as err:
+        before = failed(resolved, err, record)
+        if not before.whole_artifact_missing:
+            raise
+    listed = objects.by_path()
+    expected = record.manifest.by_path()
+    if before.whole_artifact_missing:
+        changed = list(expected)
+        extra: list[str] = []
+    else:
+        changed = [c.path for c in before.diff.modified + before.diff.missing]
+        extra = [c.path for c in before.diff.extra]
+
+    put_back = tuple(listed[path] for path in changed)
+    for obj in put_back:
+        _verify_version(store, obj, expected[obj.path], record.digest.algorithm, uri)
+    remove: tuple[str, ...] = ()
+    if extra:
+        current = store.describe().by_path()
+        remove = tuple(current[path].key for path in extra if path in current)
+    plan = RestorePlan(name, version, resolved.source, before, put_back, remove)
+    return plan, store
+
+
+def _verify_version(
+    store: S3Store, obj: StoredObject, want: FileEntry, algorithm: str, uri: str
+) -> None:
+    assert obj.version_id is not None
+    try:
+        size, digest = store.read(obj, algorithm, version_id=obj.version_id)
+    except IntegrityError as err:
+        raise DigestMismatchError(
+            f"{uri}: the recorded version {obj.version_id} of {obj.path} cannot "
+            f"be read ({err.message}); it may have been deleted from the "
+            "bucket's history. Restore the file from a backup.",
+            source=store.uri,
+        ) from err
+    if (size, digest) != (want.size, want.digest):
+        raise DigestMismatchError(
+            f"{uri}: version {obj.version_id} of {obj.path} holds {size} bytes "
+            f"that are not the registered ones ({want.size} bytes); nothing was "
+            "changed. Restore the file from a backup.",
+            source=store.uri,
+        )
+
+
+def restore(
+    name: str,
+    version: str,
+    *,
+    yes: bool = False,
+    client: MlflowClient | None = None,
+) -> RestorePlan:
+    """Put the registered bytes of ``models:/<name>/<version>`` back.
+
+    Without ``yes`` nothing is written: the plan says what would be done.
+    With it, the verified object versions are copied back, the objects added
+    since registration are deleted, and the tree is checked again
+    (``plan.after``).
+
+    Raises:
+        UntaggedVersionError, ConfigurationError, DigestMismatchError: see
+            :func:`plan_restore`; nothing is written then.
+        StoreReadError: if the store fails while copying.
+    """
+    client = client or MlflowClient()
+    plan, store = plan_restore(name, version, client=client)
+    if not yes or not plan.needed:
+        return plan
+    for obj in plan.put_back:
+        store.put_back(obj)
+        _logger.info("put back %s (version %s)", obj.key, obj.version_id)
+    for key in plan.remove:
+        store.delete(key)
+        _logger.info("removed %s", key)
+    after = _check_again(client, plan)
+    return RestorePlan(
+        plan.name,
+        plan.version,
+        plan.source,
+        plan.before,
+        plan.put_back,
+        plan.remove,
+        applied=True,
+        after=after,
+    )
+
+
+def _check_again(client: MlflowClient, plan: RestorePlan) -> VerifyResult:
+    from mlflow_integrity.check import verify
+
+    return verify(f"models:/{plan.name}/{plan.version}", client=client)

@@ -1,0 +1,143 @@
+"""Misbehaving network peers on 127.0.0.1, for store-error tests.
+
+Each runs on a thread and listens on a free port; use them as context managers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._open: list[socket.socket] = []
+
+    def __enter__(self) -> Any:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self.sock.close()
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            thread = threading.Thread(target=self.handle, args=(conn,), daemon=True)
+            thread.start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Blackhole(_Listener):
+    """Accepts connections, reads requests and never answers."""
+
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+class CuttingProxy(_Listener):
+    """Forwards TCP to ``upstream_port`` and cuts each connection once
+    ``cut_after`` bytes of responses have passed through it."""
+
+    def __init__(self, upstream_port: int, cut_after: int) -> None:
+        super().__init__()
+        self.upstream_port = upstream_port
+        self.cut_after = cut_after
+        self.cuts = 0
+
+    def handle(self, conn: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._open.append(upstream)
+
+        def requests_up() -> None:
+            try:
+                while data := conn.recv(65536):
+                    upstream.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=requests_up, daemon=True).start()
+        passed = 0
+        try:
+            while data := upstream.recv(65536):
+                if passed + len(data) > self.cut_after:
+                    conn.sendall(data[: self.cut_after - passed])
+                    self.cuts += 1
+                    break
+                conn.sendall(data)
+                passed += len(data)
+        except OSError:
+            pass
+        for s in (conn, upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+_ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>test</RequestId></Error>"
+)
+
+
+class _DenyAll(http.server.BaseHTTPRequestHandler):
+    def _deny(self) -> None:
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(_ACCESS_DENIED)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(_ACCESS_DENIED)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _deny
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class AccessDenied:
+    """An HTTP endpoint that answers every request as S3 does for a caller
+    without permission: 403 with an AccessDenied error document."""
+
+    def __enter__(self) -> AccessDenied:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyAll)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
