@@ -39,6 +39,7 @@ _EXPORTS = {
     "load_model": "load",
     "promote": "gate",
     "register_model": "register",
+    "restore": "recovery",
     "verification_of": "load",
     "verify": "check",
 }
@@ -68,6 +69,7 @@ __all__ = [
     "load_model",
     "promote",
     "register_model",
+    "restore",
     "verification_of",
     "verify",
 ]
@@ -94,6 +96,7 @@ if TYPE_CHECKING:
         load_model,
         verification_of,
     )
+    from mlflow_integrity.recovery import restore
     from mlflow_integrity.register import backfill_version, register_model
 
 

@@ -182,7 +182,7 @@ def restore(name: str, version: str, yes: bool, fmt: str) -> None:
     verified before anything is written; objects added since registration
     are deleted (a delete marker, recoverable). Exits 1 unless the version
     verifies afterwards (or already did)."""
-    from mlflow_integrity.restore import restore as restore_version
+    from mlflow_integrity.recovery import restore as restore_version
 
     plan = restore_version(name, version, yes=yes)
     _emit(fmt, plan.to_dict(), plan.describe())

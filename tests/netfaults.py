@@ -141,3 +141,35 @@ class AccessDenied:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Recorder:
+    """An HTTP endpoint that answers every GET with ``body`` and records the
+    path and headers of each request."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    def __enter__(self) -> Recorder:
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                recorder.requests.append((self.path, dict(self.headers)))
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(recorder.body)))
+                self.end_headers()
+                self.wfile.write(recorder.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

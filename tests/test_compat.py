@@ -69,3 +69,29 @@ def test_server_artifacts_destination(monkeypatch):
     monkeypatch.setenv("_MLFLOW_SERVER_SERVE_ARTIFACTS", "true")
     monkeypatch.setenv("_MLFLOW_SERVER_ARTIFACT_DESTINATION", "/srv/artifacts")
     assert _compat.server_artifacts_destination() == "/srv/artifacts"
+
+
+def test_proxy_repository_and_streamed_get(monkeypatch):
+    """mlflow-artifacts: resolves against the tracking URI to an HTTP
+    repository whose host credentials carry the tracking token, and a GET
+    below them reaches <tracking>/api/2.0/mlflow-artifacts/artifacts/<path>."""
+    from tests.netfaults import Recorder
+
+    with Recorder(b"streamed bytes") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret-token")
+        mlflow.set_tracking_uri(server.url)
+        try:
+            repo, creds = _compat.proxy_repository("mlflow-artifacts:/1/abc/model")
+        finally:
+            mlflow.set_tracking_uri(None)
+        assert (
+            creds.host == f"{server.url}/api/2.0/mlflow-artifacts/artifacts/1/abc/model"
+        )
+        assert creds.token == "secret-token"
+        assert repo.artifact_uri == creds.host
+
+        response = _compat.http_get_stream(creds, "/data/w%20x.bin")
+        assert b"".join(response.iter_content(4)) == b"streamed bytes"
+    ((path, headers),) = server.requests
+    assert path == "/api/2.0/mlflow-artifacts/artifacts/1/abc/model/data/w%20x.bin"
+    assert headers["Authorization"] == "Bearer secret-token"

@@ -21,9 +21,11 @@ def test_public_functions_are_not_shadowed_by_modules():
     """mlflow_integrity.verify is the function even after every module loaded."""
     import mlflow_integrity.check
     import mlflow_integrity.load
+    import mlflow_integrity.recovery
 
     assert callable(mlflow_integrity.verify)
     assert callable(mlflow_integrity.load_model)
+    assert callable(mlflow_integrity.restore)
 
 
 def test_import_does_not_import_mlflow():

@@ -28,8 +28,8 @@ from mlflow_integrity.errors import (
     DigestMismatchError,
     UnsafeArtifactError,
 )
+from mlflow_integrity.recovery import restore
 from mlflow_integrity.registry import OBJECTS, read_record
-from mlflow_integrity.restore import restore
 from mlflow_integrity.stores import open_store
 from mlflow_integrity.stores.proxy import ProxyStore
 from mlflow_integrity.stores.s3 import S3Store
