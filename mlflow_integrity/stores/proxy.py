@@ -5,8 +5,9 @@ URLs they resolve to) are listed through MLflow's HTTP artifact repository and
 each file is streamed from the server straight into the hasher, and into the
 private copy when there is one; nothing is staged in a temporary file. The
 server reads its artifacts destination (a directory, S3, ...) on our behalf, so
-object versions are not visible from here: quick mode is not available through
-the proxy, and a check through it always reads every byte.
+object versions are not visible through it: a quick check of a proxied
+version lists the bucket the server recorded, directly, when this process has
+credentials for it, and otherwise reads every byte through the proxy.
 
 MLflow's HTTP settings apply: ``MLFLOW_TRACKING_TOKEN`` or
 ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``MLFLOW_TRACKING_INSECURE_TLS``,
