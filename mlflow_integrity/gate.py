@@ -317,6 +317,9 @@ class GateResult:
     digest: Digest | None = None
     report: str = ""
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    mode: str | None = None
+    """``deep`` when the gate re-read every stored byte; None when it did not
+    read them (the record was unreadable, or the policy turns bytes off)."""
 
     @property
     def ok(self) -> bool:
@@ -353,6 +356,7 @@ class GateResult:
             "artifact_sha": str(self.digest) if self.digest else None,
             "reasons": list(self.reasons),
             "checked_at": self.checked_at.isoformat(timespec="seconds"),
+            "mode": self.mode,
         }
 
 
@@ -424,6 +428,7 @@ def check(
         status=status,
         digest=record.digest,
         report=report,
+        mode="deep" if policy.verify_bytes else None,
         **base,  # type: ignore[arg-type]
     )
     _logger.info(

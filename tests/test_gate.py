@@ -99,9 +99,10 @@ def test_bad_policy_is_a_configuration_error(tmp_path, text, match):
 
 def test_promote_untouched_version(version, integrity_registry):
     """The default policy lets a version whose bytes verify take an alias."""
-    gate.promote("iris", "1", alias="champion")
+    outcome = gate.promote("iris", "1", alias="champion")
 
     assert integrity_registry.client.get_model_version_by_alias("iris", "champion")
+    assert outcome.to_dict()["mode"] == "deep", "the gate re-reads every byte"
 
 
 def test_promote_tampered_version_is_refused(version, integrity_registry):

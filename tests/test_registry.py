@@ -128,3 +128,62 @@ def test_integrity_tag_names():
     assert registry.is_integrity_tag("artifact_sha")
     assert registry.is_integrity_tag("integrity.origin")
     assert not registry.is_integrity_tag("team")
+
+
+def _listing_for(manifest: Manifest, versioned: bool = True):
+    import hashlib
+
+    from mlflow_integrity.stores import ObjectListing, StoredObject
+
+    def token(i: int, salt: str) -> str:
+        return hashlib.md5(f"{salt}{i}".encode()).hexdigest()
+
+    objects = tuple(
+        StoredObject(
+            e.path,
+            f"exp/m/{e.path}",
+            token(i, "version") if versioned else None,
+            token(i, "etag"),
+            e.size,
+            "2026-12-03T10:00:00Z",
+        )
+        for i, e in enumerate(manifest.files)
+    )
+    return ObjectListing("s3", "bucket", "exp/m", versioned, objects)
+
+
+def test_object_versions_round_trip_and_split():
+    """The object listing is kept beside the manifest, split like it."""
+    manifest = big_manifest(3000)
+    listing = _listing_for(manifest)
+    record = registry.Record.new(manifest, "s3://bucket/exp/m", objects=listing)
+    tags = record.to_tags()
+    assert tags[registry.OBJECTS].startswith("parts:")
+
+    back = registry.read_record(version_with(tags))
+    assert back is not None and back.objects == listing
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda listing: {**listing, "objects": listing["objects"][1:]},
+        lambda listing: {**listing, "versioned": "yes"},
+        lambda listing: {**listing, "extra": 1},
+        lambda listing: {**listing, "objects": [[1, 2, 3]]},
+    ],
+)
+def test_object_versions_that_do_not_match_the_manifest_are_malformed(edit):
+    import json
+
+    manifest = big_manifest(4)
+    record = registry.Record.new(
+        manifest, "s3://bucket/exp/m", objects=_listing_for(manifest)
+    )
+    edited = edit(record.objects.to_json())
+    tags = {
+        **record.to_tags(),
+        **registry._encode_blob(registry.OBJECTS, json.dumps(edited).encode()),
+    }
+    with pytest.raises(MalformedTagError, match="object versions"):
+        registry.read_record(version_with(tags))
