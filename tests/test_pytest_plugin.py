@@ -184,3 +184,25 @@ def test_server_that_cannot_start_reports_its_log(
     message = str(raised.value)
     assert "exited with code 2" in message
     assert "--no-such-option" in message
+
+
+@pytest.mark.s3
+def test_s3_bucket_is_a_fresh_versioned_bucket(
+    integrity_registry: Registry, s3_bucket: str, log_sklearn
+) -> None:
+    """A model logged into an experiment on the bucket lands there, and the
+    bucket keeps object versions."""
+    import boto3
+
+    assert os.environ["MLFLOW_S3_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
+    assert s3.get_bucket_versioning(Bucket=s3_bucket)["Status"] == "Enabled"
+    assert s3.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
+
+    experiment = integrity_registry.client.create_experiment(
+        _unique("on-s3"), artifact_location=f"s3://{s3_bucket}/exp"
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    log_sklearn()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert any(key.endswith("/MLmodel") for key in keys)

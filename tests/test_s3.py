@@ -50,6 +50,8 @@ def s3(s3_endpoint, monkeypatch):
 
 
 def new_bucket(s3, versioned: bool) -> str:
+    """A bucket with versioning on or off (the plugin's ``s3_bucket`` fixture
+    gives a versioned one)."""
     bucket = f"it-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=bucket)
     if versioned:

@@ -41,6 +41,18 @@ through the ``pytest11`` entry point; no ``conftest.py`` import is needed. Pass
 
     Every server it started is stopped at the end of the session.
 
+``s3_bucket``
+    A new bucket with versioning on, on ``s3_endpoint``, with
+    ``MLFLOW_S3_ENDPOINT_URL`` pointing there for the test, so that an
+    experiment created with ``artifact_location=f"s3://{s3_bucket}/exp"`` logs
+    into it::
+
+        def test_on_s3(integrity_registry, s3_bucket):
+            experiment = integrity_registry.client.create_experiment(
+                "on-s3", artifact_location=f"s3://{s3_bucket}/exp"
+            )
+            ...
+
 ``postgres_uri``, ``s3_endpoint``
     The PostgreSQL database and S3-compatible endpoint given in
     ``MLFLOW_INTEGRITY_TEST_POSTGRES_URI`` and
@@ -326,6 +338,22 @@ def s3_endpoint() -> str:
         )
 
     return endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new versioned bucket on ``s3_endpoint``; MLflow's S3 endpoint points
+    there for the test."""
+    import boto3
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+    bucket = f"integrity-test-{uuid.uuid4().hex[:16]}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    return bucket
 
 
 @pytest.fixture(scope="session")
