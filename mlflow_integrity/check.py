@@ -21,6 +21,7 @@ from mlflow_integrity.errors import (
     UntaggedVersionError,
 )
 from mlflow_integrity.registry import (
+    OBJECTS,
     Record,
     ResolvedVersion,
     read_record,
@@ -316,14 +317,37 @@ def measure(store: Store, record: Record, mode: str = DEEP) -> tuple[Manifest, s
 def recorded_location(store: Store, record: Record) -> S3Store:
     """The S3 tree the record's object versions were read from: ``store``
     itself, or (for a version behind a tracking server's proxy) the bucket
-    the server recorded."""
+    the server recorded.
+
+    Raises:
+        MalformedTagError: if the recorded bucket and prefix cannot be where
+            the version's bytes are: another prefix than an ``s3://`` source,
+            a prefix that does not end with a proxied source's path, or any
+            other kind of source. Quick checks and restores act on that
+            location, so a record pointing elsewhere must not be followed.
+    """
     objects = record.objects
     assert objects is not None
-    if isinstance(store, S3Store) and (store.bucket, store.prefix) == (
-        objects.bucket,
-        objects.prefix,
-    ):
-        return store
+    if isinstance(store, S3Store):
+        if (store.bucket, store.prefix) == (objects.bucket, objects.prefix):
+            return store
+        consistent = False
+    else:
+        from mlflow_integrity.stores.proxy import ProxyStore, proxied_path
+
+        tail = proxied_path(store.uri) if isinstance(store, ProxyStore) else None
+        consistent = bool(tail) and (
+            objects.prefix == tail or objects.prefix.endswith(f"/{tail}")
+        )
+    if not consistent:
+        raise MalformedTagError(
+            f"The recorded object versions name s3://{objects.bucket}/"
+            f"{objects.prefix}, which is not where the version's bytes are "
+            f"({store.uri}); the {OBJECTS} tag was edited. Check the version "
+            "deeply (mode='deep') and restore its tags from the registry's "
+            "history.",
+            source=store.uri,
+        )
     prefix = f"/{objects.prefix}" if objects.prefix else ""
     return S3Store(f"s3://{objects.bucket}{prefix}")
 

@@ -30,8 +30,12 @@ from typing import TYPE_CHECKING
 from mlflow.exceptions import MlflowException
 
 from mlflow_integrity import __version__
-from mlflow_integrity.digest import SPEC_VERSION, Digest, Manifest
-from mlflow_integrity.errors import ConfigurationError, MalformedTagError
+from mlflow_integrity.digest import SPEC_VERSION, Digest, Manifest, canonical_path
+from mlflow_integrity.errors import (
+    ConfigurationError,
+    MalformedTagError,
+    UnsafeArtifactError,
+)
 from mlflow_integrity.stores import ObjectListing
 
 if TYPE_CHECKING:
@@ -351,6 +355,20 @@ def _decode_objects(tags: dict[str, str], manifest: Manifest) -> ObjectListing |
     paths = [o.path for o in listing.objects]
     if paths != [e.path for e in manifest.files]:
         raise ValueError(f"the {OBJECTS} tag does not list the manifest's files")
+    # Each key must be the file's own key below the prefix: a restore writes
+    # to these keys.
+    start = f"{listing.prefix}/" if listing.prefix else ""
+    for obj in listing.objects:
+        rel = obj.key[len(start) :]
+        try:
+            same = obj.key.startswith(start) and canonical_path(rel) == obj.path
+        except UnsafeArtifactError:
+            same = False
+        if not same:
+            raise ValueError(
+                f"the {OBJECTS} tag gives key {obj.key!r} for {obj.path!r}, "
+                f"which is not that file below {listing.prefix!r}"
+            )
     return listing
 
 

@@ -453,3 +453,36 @@ def test_server_with_s3_destination_records_and_checks(
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+def test_edited_object_versions_are_never_followed(s3, in_bucket, registered):
+    """On a plain registry the object listing can be edited; a listing that
+    points at another bucket, or gives a file another key, is MALFORMED, and
+    restore writes nothing anywhere."""
+    from mlflow_integrity.errors import MalformedTagError
+    from mlflow_integrity.registry import _encode_blob
+
+    _, mv = register_in(in_bucket, registered)
+    client = MlflowClient()
+    uri = f"models:/{mv.name}/{mv.version}"
+    record = read_record(client.get_model_version(mv.name, mv.version))
+    assert record is not None and record.objects is not None
+    decoy = new_bucket(s3, versioned=True)
+    bucket, key = weights_key(s3, mv)
+    s3.put_object(Bucket=bucket, Key=key, Body=b"tampered")
+
+    listing = record.objects.to_json()
+    elsewhere = {**listing, "bucket": decoy}
+    rekeyed = {
+        **listing,
+        "objects": [[*row[:1], "other/key", *row[2:]] for row in listing["objects"]],
+    }
+    for edited in (elsewhere, rekeyed):
+        for k, v in _encode_blob(OBJECTS, json.dumps(edited).encode()).items():
+            client.set_model_version_tag(mv.name, mv.version, k, v)
+        result = verify(uri, mode="quick")
+        assert result.status == "MALFORMED", result.detail
+        with pytest.raises(MalformedTagError):
+            restore(mv.name, str(mv.version), yes=True)
+        assert s3.list_objects_v2(Bucket=decoy).get("KeyCount", 0) == 0
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"tampered"

@@ -52,6 +52,16 @@ def is_proxy_uri(uri: str) -> bool:
     return parsed.scheme in ("http", "https") and _PROXY_PATH in parsed.path
 
 
+def proxied_path(uri: str) -> str:
+    """The artifact path a proxied URI names below the server's artifacts
+    destination (``1/models/m-1/artifacts``)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "mlflow-artifacts":
+        return parsed.path.strip("/")
+    _, _, tail = parsed.path.partition(_PROXY_PATH)
+    return urllib.parse.unquote(tail).strip("/")
+
+
 def _error(uri: str, what: str, exc: BaseException) -> IntegrityError:
     if isinstance(exc, IntegrityError):
         return exc
