@@ -186,7 +186,8 @@ def restore(name: str, version: str, yes: bool, fmt: str) -> None:
 
     plan = restore_version(name, version, yes=yes)
     _emit(fmt, plan.to_dict(), plan.describe())
-    if plan.after is not None and not plan.after.ok:
+    left_broken = plan.after is not None and not plan.after.ok
+    if left_broken or (not plan.needed and not plan.before.ok):
         raise SystemExit(EXIT_INTEGRITY)
 
 

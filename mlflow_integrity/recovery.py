@@ -32,6 +32,7 @@ from mlflow_integrity.errors import (
     ConfigurationError,
     DigestMismatchError,
     IntegrityError,
+    StoreReadError,
     UntaggedVersionError,
 )
 from mlflow_integrity.registry import read_record, resolve
@@ -69,16 +70,22 @@ class RestorePlan:
                 for o in self.put_back
             ],
             "remove": list(self.remove),
+            "notes": list(self.notes),
             "applied": self.applied,
             "status_after": self.after.status if self.after else None,
         }
 
     def describe(self) -> str:
         uri = f"models:/{self.name}/{self.version}"
-        if not self.needed:
+        if not self.needed and self.before.ok:
             return (
                 f"{uri}: the stored artifact already matches its record; "
                 "nothing to restore."
+            )
+        if not self.needed:
+            return "\n".join(
+                [f"{uri}: nothing can be restored ({self.before.status})."]
+                + [f"  note      {note}" for note in self.notes]
             )
         verb = "Restored" if self.applied else "Would restore"
         lines = [f"{verb} {uri} in {self.source}:"]
@@ -162,11 +169,34 @@ def plan_restore(
     for obj in put_back:
         _verify_version(store, obj, expected[obj.path], record.digest.algorithm, uri)
     remove: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     if extra:
         current = store.describe().by_path()
-        remove = tuple(current[path].key for path in extra if path in current)
-    plan = RestorePlan(name, version, resolved.source, before, put_back, remove)
+        added = tuple(current[path].key for path in extra if path in current)
+        if _versioning(store) == "Enabled":
+            remove = added
+        else:
+            # With versioning suspended a delete removes the "null" version
+            # for good; objects that were never registered are left alone.
+            notes = (
+                f"{len(added)} object(s) added since registration left in "
+                "place: versioning on the bucket is suspended, so deleting "
+                "them could not be undone. Remove them by hand: " + ", ".join(added),
+            )
+    plan = RestorePlan(
+        name, version, resolved.source, before, put_back, remove, notes=notes
+    )
     return plan, store
+
+
+def _versioning(store: S3Store) -> str:
+    try:
+        return store.versioning()
+    except Exception as exc:
+        raise StoreReadError(
+            f"Reading the versioning of bucket {store.bucket} failed: {exc}",
+            source=store.uri,
+        ) from exc
 
 
 def _verify_version(
@@ -230,6 +260,7 @@ def restore(
         plan.remove,
         applied=True,
         after=after,
+        notes=plan.notes,
     )
 
 

@@ -486,3 +486,27 @@ def test_edited_object_versions_are_never_followed(s3, in_bucket, registered):
             restore(mv.name, str(mv.version), yes=True)
         assert s3.list_objects_v2(Bucket=decoy).get("KeyCount", 0) == 0
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"tampered"
+
+
+def test_restore_leaves_added_objects_when_versioning_is_suspended(
+    s3, in_bucket, registered, capsys
+):
+    """With versioning suspended a delete cannot be undone: restore leaves
+    objects added since registration in place, says so, and exits 1.
+
+    (Only added objects here: moto, unlike S3, drops a key's earlier versions
+    when it is overwritten under suspended versioning, and refuses to copy a
+    version onto its own key then.)"""
+    _, mv = register_in(in_bucket, registered)
+    bucket, key = weights_key(s3, mv)
+    s3.put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Suspended"}
+    )
+    added = key.rsplit("/", 1)[0] + "/added.txt"
+    s3.put_object(Bucket=bucket, Key=added, Body=b"not registered")
+
+    code, out = cli(capsys, "restore", mv.name, str(mv.version), "--yes")
+    assert code == 1, out
+    assert "nothing can be restored (EXTRA)" in out
+    assert "left in place" in out and added in out
+    assert s3.get_object(Bucket=bucket, Key=added)["Body"].read() == b"not registered"

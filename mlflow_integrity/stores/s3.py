@@ -261,11 +261,12 @@ class S3Store:
 
     # --- listing -------------------------------------------------------------
 
-    def versioned(self) -> bool:
-        """True when the bucket keeps object versions (enabled or suspended).
+    def versioning(self) -> str:
+        """The bucket's versioning status: ``Enabled``, ``Suspended``, or ``""``
+        when it never had versioning.
 
-        Without permission to ask (``s3:GetBucketVersioning``), the bucket is
-        read as unversioned: the record then holds ETags but no version ids.
+        Without permission to ask (``s3:GetBucketVersioning``) the answer is
+        ``""``: the record then holds ETags but no version ids.
         """
         from botocore.exceptions import ClientError
 
@@ -280,9 +281,13 @@ class S3Store:
                     "recording ETags only.",
                     self.bucket,
                 )
-                return False
+                return ""
             raise
-        return answer.get("Status") in ("Enabled", "Suspended")
+        return str(answer.get("Status") or "")
+
+    def versioned(self) -> bool:
+        """True when the bucket keeps object versions (enabled or suspended)."""
+        return self.versioning() in ("Enabled", "Suspended")
 
     def describe(self) -> ObjectListing:
         """List the tree's objects with their metadata; no byte is read.
