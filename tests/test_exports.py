@@ -18,12 +18,15 @@ def test_all_matches_what_the_package_exports():
 
 
 def test_public_functions_are_not_shadowed_by_modules():
-    """mlflow_integrity.verify is the function even after every module loaded."""
+    """mlflow_integrity.verify is the function even after every module loaded,
+    and mlflow_integrity.audit, whose module has the same name, still calls."""
+    import mlflow_integrity.audit
     import mlflow_integrity.check
     import mlflow_integrity.load
 
     assert callable(mlflow_integrity.verify)
     assert callable(mlflow_integrity.load_model)
+    assert callable(mlflow_integrity.audit)
 
 
 def test_import_does_not_import_mlflow():
