@@ -20,6 +20,7 @@ _EXPORTS = {
     "ArtifactMissingError": "errors",
     "AuditReport": "audit",
     "ConfigurationError": "errors",
+    "Diagnosis": "diagnose",
     "Digest": "digest",
     "DigestMismatchError": "errors",
     "IntegrityError": "errors",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "attest": "gate",
     "audit": "audit",
     "backfill_version": "register",
+    "diagnose": "diagnose",
     "download_verified": "load",
     "hash_tree": "digest",
     "load_model": "load",
@@ -50,6 +52,7 @@ __all__ = [
     "ArtifactMissingError",
     "AuditReport",
     "ConfigurationError",
+    "Diagnosis",
     "Digest",
     "DigestMismatchError",
     "IntegrityError",
@@ -68,6 +71,7 @@ __all__ = [
     "attest",
     "audit",
     "backfill_version",
+    "diagnose",
     "download_verified",
     "hash_tree",
     "load_model",
@@ -80,6 +84,7 @@ __all__ = [
 if TYPE_CHECKING:
     from mlflow_integrity.audit import AuditReport, audit
     from mlflow_integrity.check import VerifyResult, verify
+    from mlflow_integrity.diagnose import Diagnosis, diagnose
     from mlflow_integrity.digest import Digest, Manifest, ManifestDiff, hash_tree
     from mlflow_integrity.errors import (
         ArtifactMissingError,

@@ -630,7 +630,7 @@ def _plan(client: MlflowClient, name: str) -> tuple[list[_Task], list[AuditRow]]
                     "after a registry restore the version may be in the backup "
                     "only. Point the alias at a version that verifies, or delete "
                     "it:\n"
-                    f"    mlflow-integrity promote {name} <version> --alias {alias}"
+                    f"    mlflow-integrity promote {name} VERSION --alias {alias}"
                 ),
             )
         )

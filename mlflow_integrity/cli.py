@@ -570,6 +570,33 @@ def audit_command(
         raise SystemExit(EXIT_INTEGRITY)
 
 
+@cli.command(name="diagnose")
+@click.argument("model_uri")
+@click.option(
+    "--path",
+    "local_path",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="The copy the deployment loaded: a model directory or a `pull` DEST.",
+)
+@_format_option
+def diagnose_command(model_uri: str, local_path: str | None, fmt: str) -> None:
+    """Run the on-call checklist for MODEL_URI and a deployment's local copy.
+
+    Seven numbered steps, each with a verdict (OK, PROBLEM, INFO, SKIPPED):
+    what the URI names now, its record, the stored bytes, the local copy
+    (STALE when it holds another version), its file times, runtime
+    attestations, and signs that the version was deleted and created again.
+    Exits 1 when a step finds a problem.
+    """
+    from mlflow_integrity.diagnose import diagnose
+
+    diagnosis = diagnose(model_uri, path=local_path)
+    _emit(fmt, diagnosis.to_dict(), diagnosis.render())
+    if not diagnosis.ok:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
 def _matching_models(client: Any, pattern: str) -> list[str]:
     if not any(ch in pattern for ch in "*?["):
         return [pattern]

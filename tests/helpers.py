@@ -17,6 +17,7 @@ import pytest
 import requests
 
 WEIGHT_FILES = ("model.skops", "model.pkl")
+SCHEMA_DOC = Path(__file__).parent.parent / "docs" / "audit-schema.md"
 
 
 def stored_dir(client: Any, name: str, version: str | int) -> Path:
@@ -121,3 +122,14 @@ def shared_registry(folder: Path, template_db: Path) -> Iterator[Any]:
         _pointed_at(monkeypatch, uri, uri, experiment_id),
     ):
         yield Registry(uri, uri, folder / "artifacts", client, experiment_id)
+
+
+def documented_keys(section: str) -> set[str]:
+    """The keys in the first column of the table under a heading of
+    docs/audit-schema.md."""
+    import re
+
+    text = SCHEMA_DOC.read_text()
+    match = re.search(rf"^#+ {re.escape(section)}\n(.*?)(?=^#|\Z)", text, re.M | re.S)
+    assert match, f"no section {section!r} in {SCHEMA_DOC}"
+    return set(re.findall(r"^\| `([a-z_]+)` \|", match.group(1), re.M))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -21,9 +20,14 @@ import mlflow_integrity.audit as audit_module
 from mlflow_integrity.audit import AuditReport, audit, shard_of
 from mlflow_integrity.cli import main
 from mlflow_integrity.errors import ConfigurationError
-from tests.helpers import flip_byte, shared_registry, stored_dir, weights_file
+from tests.helpers import (
+    documented_keys,
+    flip_byte,
+    shared_registry,
+    stored_dir,
+    weights_file,
+)
 
-SCHEMA_DOC = Path(__file__).parent.parent / "docs" / "audit-schema.md"
 SCRIPT_NAME = '<script>alert("x")'
 
 
@@ -293,14 +297,6 @@ def test_bad_workers_and_mode_are_refused(integrity_registry):
 
 
 # --- renderings -----------------------------------------------------------------
-
-
-def documented_keys(section: str) -> set[str]:
-    """The keys in the first column of the table under a heading of the doc."""
-    text = SCHEMA_DOC.read_text()
-    match = re.search(rf"^#+ {re.escape(section)}\n(.*?)(?=^#)", text, re.M | re.S)
-    assert match, f"no section {section!r} in {SCHEMA_DOC}"
-    return set(re.findall(r"^\| `([a-z_]+)` \|", match.group(1), re.M))
 
 
 def test_json_has_exactly_the_documented_keys(restored):

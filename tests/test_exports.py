@@ -22,11 +22,13 @@ def test_public_functions_are_not_shadowed_by_modules():
     and mlflow_integrity.audit, whose module has the same name, still calls."""
     import mlflow_integrity.audit
     import mlflow_integrity.check
+    import mlflow_integrity.diagnose
     import mlflow_integrity.load
 
     assert callable(mlflow_integrity.verify)
     assert callable(mlflow_integrity.load_model)
     assert callable(mlflow_integrity.audit)
+    assert callable(mlflow_integrity.diagnose)
 
 
 def test_import_does_not_import_mlflow():
