@@ -21,12 +21,13 @@ import html
 import io
 import logging
 import sys
+import textwrap
 import types
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
@@ -37,6 +38,7 @@ from mlflow_integrity.check import (
     MISSING,
     STATUSES,
     UNREADABLE,
+    UNTAGGED,
     VERIFIED,
     VerifyResult,
     check_mode,
@@ -165,6 +167,12 @@ def row_from_result(
         for c in changes
     )
     record = result.record
+    detail = result.detail
+    if result.status == UNTAGGED and not detail:
+        detail = (
+            "no digest recorded; record one with `mlflow-integrity backfill "
+            f"--name {result.name} --version {result.version}`"
+        )
     return AuditRow(
         name=result.name or "",
         version=result.version or "",
@@ -180,7 +188,7 @@ def row_from_result(
         checked_at=result.checked_at,
         # An untagged version was not read at all.
         mode=result.mode if result.expected is not None else None,
-        detail=result.detail,
+        detail=detail,
         explanation=render_result(result),
     )
 
@@ -223,8 +231,6 @@ class AuditReport:
         Raises:
             ConfigurationError: for a word that is not a status.
         """
-        from dataclasses import replace
-
         return replace(self, fail_on=parse_statuses(statuses))
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,22 +279,29 @@ class AuditReport:
         if self.shard:
             title += f", shard {self.shard[0]}/{self.shard[1]}"
         table = Table(title=title, title_justify="left")
-        for heading in ("model", "version", "aliases", "stage", "status", "files"):
-            table.add_column(heading, overflow="fold")
-        table.add_column("recorded", overflow="fold")
+        staged = any(r.stage for r in self.rows)
+        table.add_column("model", overflow="fold")
+        table.add_column("version", no_wrap=True)
+        table.add_column("aliases", overflow="fold")
+        if staged:
+            table.add_column("stage", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("files", overflow="fold")
+        table.add_column("recorded", no_wrap=True)
         table.add_column("detail", overflow="fold", ratio=1)
         for row in self.rows:
-            recorded = f"{row.recorded_at} ({row.origin})" if row.recorded_at else "-"
-            table.add_row(
+            recorded = f"{row.recorded_at}\n{row.origin}" if row.recorded_at else "-"
+            cells = [
                 Text(row.name),
                 Text(row.version),
                 Text(", ".join(row.aliases) or "-"),
-                Text(row.stage or "-"),
+                *([Text(row.stage or "-")] if staged else []),
                 Text(row.status, style=_RICH_STYLES.get(row.status, "")),
                 Text("\n".join(f"{f.change} {f.path}" for f in row.files) or "-"),
                 Text(recorded),
                 Text(row.detail or "-"),
-            )
+            ]
+            table.add_row(*cells)
         return table
 
     def summary(self) -> str:
@@ -624,14 +637,7 @@ def _plan(client: MlflowClient, name: str) -> tuple[list[_Task], list[AuditRow]]
                 detail=(
                     f"alias {alias} points to version {target}, which does not exist"
                 ),
-                explanation=(
-                    f"models:/{name}@{alias}: the alias points to version {target}, "
-                    "which does not exist (MISSING). Loading the alias fails; "
-                    "after a registry restore the version may be in the backup "
-                    "only. Point the alias at a version that verifies, or delete "
-                    "it:\n"
-                    f"    mlflow-integrity promote {name} VERSION --alias {alias}"
-                ),
+                explanation=_dangling_explanation(name, alias, target),
             )
         )
 
@@ -645,6 +651,20 @@ def _plan(client: MlflowClient, name: str) -> tuple[list[_Task], list[AuditRow]]
         for v in versions
     ]
     return tasks, dangling
+
+
+def _dangling_explanation(name: str, alias: str, target: str) -> str:
+    advice = textwrap.fill(
+        "Loading the alias fails. After a registry restore the version may be "
+        "in the backup only. Point the alias at a version that verifies, or "
+        "delete it:",
+        width=88,
+    )
+    return (
+        f"models:/{name}@{alias}: the alias points to version {target}, which "
+        f"does not exist (MISSING).\n{advice}\n"
+        f"    mlflow-integrity promote {name} VERSION --alias {alias}"
+    )
 
 
 def _stage(stage: str | None) -> str | None:
@@ -708,7 +728,32 @@ def _check_one(client: MlflowClient, task: _Task, mode: str) -> AuditRow:
             detail=f"the check failed: {message}",
             mode=mode,
         )
+    if result.status == MISSING and result.whole_artifact_missing:
+        note = _run_note(client, task)
+        if note:
+            result = replace(result, detail=f"{result.detail} {note}".strip())
     return row_from_result(result, task.aliases, task.stage)
+
+
+def _run_note(client: MlflowClient, task: _Task) -> str:
+    """Why a whole artifact may be gone: its run was deleted, or deleted and
+    garbage-collected (``mlflow gc`` removes a deleted run's artifacts,
+    registered or not)."""
+    try:
+        run_id = client.get_model_version(task.name, task.version).run_id
+        if not run_id:
+            return ""
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return (
+                f"Its run {run_id} no longer exists: deleted and garbage-collected "
+                "(`mlflow gc` removes a deleted run's artifacts)."
+            )
+        return ""
+    if run.info.lifecycle_stage == "deleted":
+        return f"Its run {run_id} is deleted."
+    return ""
 
 
 @contextlib.contextmanager
