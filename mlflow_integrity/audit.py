@@ -746,10 +746,7 @@ def _run_note(client: MlflowClient, task: _Task) -> str:
         run = client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return (
-                f"Its run {run_id} no longer exists: deleted and garbage-collected "
-                "(`mlflow gc` removes a deleted run's artifacts)."
-            )
+            return f"Its run {run_id} is gone (deleted, then garbage-collected)."
         return ""
     if run.info.lifecycle_stage == "deleted":
         return f"Its run {run_id} is deleted."

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import types
 import urllib.parse
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ VERDICTS = (OK, PROBLEM, INFO, SKIPPED)
 RECORD_LEAD = timedelta(minutes=10)
 # Clocks of serving hosts and of the registry may differ by this much.
 CLOCK_SKEW = timedelta(minutes=5)
+_WRAP = 100
 
 _TITLES = {
     "resolve": "Which version the URI names now",
@@ -166,8 +168,35 @@ class Diagnosis:
         lines = [f"Diagnosis of {self.model_uri}{target}, {self.checked_at}", ""]
         for step in self.steps:
             lines.append(f"{step.number}. {step.title}")
-            lines.append(f"   {step.verdict:<8} {step.summary}")
-            lines.extend(f"            {d}" if d else "" for d in step.details)
+            lines.append(
+                textwrap.fill(
+                    step.summary,
+                    width=_WRAP,
+                    initial_indent=f"   {step.verdict:<8} ",
+                    subsequent_indent=" " * 12,
+                    break_on_hyphens=False,
+                )
+            )
+            for detail in step.details:
+                # Commands, paths and digests are shown whole, to be copied.
+                longest = max((len(w) for w in detail.split()), default=0)
+                if (
+                    detail.startswith("    ")
+                    or len(detail) + 12 <= _WRAP
+                    or longest > 40
+                ):
+                    lines.append(" " * 12 + detail)
+                else:
+                    lines.append(
+                        textwrap.fill(
+                            detail,
+                            width=_WRAP,
+                            initial_indent=" " * 12,
+                            subsequent_indent=" " * 12,
+                            break_on_hyphens=False,
+                            break_long_words=False,
+                        )
+                    )
         lines.append("")
         if self.ok:
             lines.append("No step found a problem.")
@@ -506,6 +535,7 @@ def _local_copy_step(ctx: _Context, path: str | None) -> None:
     here = f"version {mv.version}"
     directory, pulled = _local_copy(path)
     ctx.local_dir, ctx.pulled = directory, pulled
+    dest = path if os.path.islink(os.path.join(path, "current")) else "DEST"
     if ctx.record is not None:
         algorithm = ctx.record.digest.algorithm
     else:
@@ -556,9 +586,12 @@ def _local_copy_step(ctx: _Context, path: str | None) -> None:
     )
     if other is not None:
         facts["matches_version"] = other
-        details.append(
-            f"Deploy {ctx.uri} again (`mlflow-integrity pull {ctx.uri} DEST`) or, "
-            f"if version {other} is meant, point the URI back at it."
+        details.extend(
+            [
+                f"Deploy what {ctx.uri} names now, or point it back at version "
+                f"{other} if that is the one meant. To deploy:",
+                f"    mlflow-integrity pull {ctx.uri} {dest}",
+            ]
         )
         ctx.add(
             "local_copy",
