@@ -593,7 +593,7 @@ def model_names(client: MlflowClient, names: Sequence[str] | None) -> list[str]:
         if any(ch in pattern for ch in "*?["):
             matched = [n for n in all_models() if fnmatch.fnmatchcase(n, pattern)]
         else:
-            matched = [pattern] if _exists(client, pattern) else []
+            matched = [pattern] if _is_model(client, pattern) else []
         if not matched:
             raise ConfigurationError(
                 f"No registered model matches {pattern!r}; list them with "
@@ -604,7 +604,11 @@ def model_names(client: MlflowClient, names: Sequence[str] | None) -> list[str]:
     return sorted(chosen)
 
 
-def _exists(client: MlflowClient, name: str) -> bool:
+def _is_model(client: MlflowClient, name: str) -> bool:
+    """True if ``name`` is a registered model, not a prompt. (MlflowClient
+    already answers "does not exist" for a prompt's name, as it leaves
+    prompts out of ``search_registered_models``; the check stays for stores
+    that do not.)"""
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:

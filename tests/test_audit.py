@@ -198,6 +198,53 @@ def test_names_and_patterns(restored):
         audit(["x-*"])
 
 
+def test_prompts_are_not_audited(integrity_registry, registered):
+    """A prompt is a registered model to MLflow, with no artifact: the audit
+    of every model leaves it out, and MlflowClient does not find it by name."""
+    mlflow.genai.register_prompt(name="greeting", template="Hello {{name}}")
+    registered("fraud")
+
+    assert [r.name for r in audit(progress=True).rows] == ["fraud"]
+    with pytest.raises(ConfigurationError, match="No registered model matches"):
+        audit(["greeting"])
+
+
+def test_quick_mode_on_s3(
+    integrity_registry, s3_endpoint, monkeypatch, classifier, tmp_path
+):
+    """On a versioned bucket quick mode compares object metadata, and the
+    row says which mode ran; an overwritten object is MODIFIED either way."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    experiment = integrity_registry.client.create_experiment(
+        bucket, artifact_location=f"s3://{bucket}/mlflow"
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    run_id = log_run_artifact_model(classifier, tmp_path)
+    mlflow_integrity.register_model(f"runs:/{run_id}/model", "on-s3")
+
+    (row,) = audit(["on-s3"], mode="quick").rows
+    assert (row.status, row.mode) == ("VERIFIED", "quick")
+
+    source = integrity_registry.client.get_model_version_download_uri("on-s3", "1")
+    prefix = source[len(f"s3://{bucket}/") :]
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/MLmodel", Body=b"flavors: {}\n")
+
+    for mode in ("quick", "deep"):
+        (row,) = audit(["on-s3"], mode=mode).rows
+        assert (row.status, row.mode) == ("MODIFIED", mode)
+        assert [(f.path, f.change) for f in row.files] == [("MLmodel", "modified")]
+
+
 def test_fail_on_decides_ok(integrity_registry, registered, log_sklearn):
     """By default an untagged version fails the report; with fail_on limited
     to MODIFIED and MISSING it is tolerated."""
