@@ -733,9 +733,10 @@ def _check_one(client: MlflowClient, task: _Task, mode: str) -> AuditRow:
             mode=mode,
         )
     if result.status == MISSING and result.whole_artifact_missing:
+        # The source is a column of its own; say what is known about why.
         note = _run_note(client, task)
-        if note:
-            result = replace(result, detail=f"{result.detail} {note}".strip())
+        detail = f"Nothing is stored at its source any more. {note}".strip()
+        result = replace(result, detail=detail)
     return row_from_result(result, task.aliases, task.stage)
 
 

@@ -142,7 +142,9 @@ def test_audit_tells_a_restored_registry_apart(restored):
     dangling = rows["fraud", "9"]
     assert dangling.kind == "dangling_alias"
     assert dangling.detail == "alias prod points to version 9, which does not exist"
-    assert "does not exist" in rows["ranker", "1"].detail
+    ranker = rows["ranker", "1"]
+    assert ranker.detail.startswith("Nothing is stored at its source any more.")
+    assert "is gone (deleted, then garbage-collected)" in ranker.detail
     assert rows["legacy", "1"].recorded_at is None
     assert not report.ok
     assert report.counts() == {
