@@ -56,9 +56,11 @@ _logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MAX_WORKERS = 32
 
-# Rows are either a version or an alias whose version is gone.
+# Rows are a version, an alias whose version is gone, or a model whose
+# versions could not be listed.
 KIND_VERSION = "version"
 KIND_DANGLING_ALIAS = "dangling_alias"
+KIND_MODEL = "model"
 
 # Colours of the status words, in the terminal and in notebooks.
 STATUS_COLOURS = {
@@ -96,8 +98,10 @@ class AuditRow:
     """What one version (or one dangling alias) was found to be.
 
     Attributes:
-        kind: ``version``, or ``dangling_alias`` for an alias that names a
-            version that does not exist (``version`` is then that number).
+        kind: ``version``; ``dangling_alias`` for an alias that names a
+            version that does not exist (``version`` is then that number);
+            ``model`` for a model whose versions could not be listed
+            (``version`` is empty).
         files: the files that differ from the record, sorted by path.
         recorded_at, origin: when the digest was recorded, and whether by
             registration or by a later backfill (trust on first use).
@@ -409,6 +413,8 @@ class AuditReport:
                 label = f"version {row.version}"
                 if row.kind == KIND_DANGLING_ALIAS:
                     label = f"alias {', '.join(row.aliases)}"
+                elif row.kind == KIND_MODEL:
+                    label = "versions"
                 case = ET.SubElement(
                     suite, "testcase", classname=name, name=label, time="0"
                 )
@@ -549,7 +555,11 @@ def audit(
     tasks: list[_Task] = []
     rows: list[AuditRow] = []
     for name in model_names(client, names):
-        found_tasks, dangling = _plan(client, name)
+        try:
+            found_tasks, dangling = _plan(client, name)
+        except Exception as exc:  # one model must never abort the audit
+            rows.append(_unlisted(name, exc))
+            continue
         tasks.extend(found_tasks)
         rows.extend(dangling)
     if shard is not None:
@@ -655,6 +665,25 @@ def _plan(client: MlflowClient, name: str) -> tuple[list[_Task], list[AuditRow]]
         for v in versions
     ]
     return tasks, dangling
+
+
+def _unlisted(name: str, exc: Exception) -> AuditRow:
+    """A row for a model whose versions could not be listed."""
+    message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+    _logger.warning("the versions of %s could not be listed: %s", name, message)
+    return AuditRow(
+        name=name,
+        version="",
+        status=UNREADABLE,
+        kind=KIND_MODEL,
+        detail=f"the versions of this model could not be listed: {message}",
+        explanation=(
+            f"{name}: the versions of this registered model could not be listed "
+            f"(UNREADABLE): {message}\nNone of its versions was checked; fix "
+            "access to the registry and audit again:\n"
+            f"    mlflow-integrity audit --name {name}"
+        ),
+    )
 
 
 def _dangling_explanation(name: str, alias: str, target: str) -> str:

@@ -519,3 +519,24 @@ def test_cli_shards_cover_every_row_once(capsys, restored):
         seen.extend((r["name"], r["version"]) for r in payload["rows"])
 
     assert sorted(seen) == sorted((r.name, r.version) for r in audit().rows)
+
+
+def test_a_model_whose_versions_cannot_be_listed(
+    integrity_registry, registered, log_sklearn
+):
+    """A name with a quote breaks MLflow's search filter: that model is one
+    UNREADABLE row saying so, and the other models are audited."""
+    registered("fraud")
+    mlflow.register_model(log_sklearn().runs_uri, "o'brien")
+
+    report = audit()
+
+    assert statuses(report) == [
+        ("fraud", "1", "VERIFIED"),
+        ("o'brien", "", "UNREADABLE"),
+    ]
+    row = report.rows[1]
+    assert row.kind == "model"
+    assert row.detail.startswith("the versions of this model could not be listed: ")
+    root = ET.fromstring(report.to_junit())
+    assert [c.get("name") for c in root.iter("testcase")] == ["version 1", "versions"]
