@@ -889,9 +889,16 @@ def _differ(recorded: str, now: str) -> bool:
 
 
 def _versions(client: MlflowClient, name: str) -> list[Any]:
+    """Every version of a model; none when MLflow cannot list them (a name
+    with a quote breaks its search filter), so that the steps that compare
+    with other versions say less rather than the diagnosis failing."""
     from mlflow_integrity.audit import _pages
 
-    return _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+    try:
+        return _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+    except MlflowException as exc:
+        _logger.warning("the versions of %s cannot be listed: %s", name, exc.message)
+        return []
 
 
 def _recorded_digests(client: MlflowClient, name: str) -> dict[str, str]:
