@@ -52,7 +52,14 @@ from mlflow_integrity.check import (
     status_of,
 )
 from mlflow_integrity.check import verify as verify_uri
-from mlflow_integrity.digest import Digest, Manifest, ManifestDiff, hash_tree, iter_tree
+from mlflow_integrity.digest import (
+    IGNORED_ROOT_FILES,
+    Digest,
+    Manifest,
+    ManifestDiff,
+    hash_tree,
+    iter_tree,
+)
 from mlflow_integrity.errors import ConfigurationError, IntegrityError
 from mlflow_integrity.registry import (
     ARTIFACT_SHA,
@@ -272,7 +279,8 @@ def diagnose(
 
     Raises:
         ConfigurationError: if the URI is malformed or names no registered
-            model, or ``path`` is not a directory.
+            model, or ``path`` is not a directory or is a pull destination
+            without a ``current`` copy.
     """
     if path is not None and not os.path.isdir(path):
         raise ConfigurationError(
@@ -608,7 +616,7 @@ def _local_copy_step(ctx: _Context, path: str | None) -> None:
         ctx.add(
             "local_copy",
             INFO,
-            f"{here} has no recorded digest to compare the local copy with",
+            f"{here} has no usable record to compare the local copy with (step 2)",
             details=tuple(details),
             facts=facts,
         )
@@ -653,6 +661,11 @@ def _local_copy(path: str) -> tuple[str, _Pulled | None]:
     ``current`` target, or the directory itself (with the metadata that pull
     writes beside it, if any)."""
     current = os.path.join(path, "current")
+    if not os.path.islink(current) and os.path.isdir(os.path.join(path, ".staging")):
+        raise ConfigurationError(
+            f"{path} is a pull destination without a current copy (no "
+            f"{current} link); pull into it first, or give a model directory."
+        )
     directory = os.path.realpath(current) if os.path.islink(current) else path
     directory = os.path.realpath(directory)
     return directory, _read_pulled(f"{directory}.json")
@@ -677,6 +690,9 @@ def _file_times_step(ctx: _Context) -> None:
     if ctx.local_dir is None:
         ctx.add("file_times", SKIPPED, "no local copy given (--path)")
         return
+    if ctx.local is None:
+        ctx.add("file_times", SKIPPED, "the local copy could not be hashed (step 4)")
+        return
     mv = ctx.mv
     if ctx.pulled is not None:
         since = ctx.pulled.pulled_at
@@ -686,6 +702,9 @@ def _file_times_step(ctx: _Context) -> None:
         what = f"version {mv.version} was created"
     newer = []
     for rel, full in iter_tree(ctx.local_dir):
+        if rel in IGNORED_ROOT_FILES:
+            # MLflow writes it on every download; it is not covered.
+            continue
         mtime = datetime.fromtimestamp(os.lstat(full).st_mtime, UTC)
         if mtime > since:
             newer.append((rel, mtime))

@@ -152,6 +152,32 @@ def test_a_pulled_copy_that_verifies(champion, tmp_path):
     assert diagnosis.step("file_times").verdict == "OK"
 
 
+def test_a_plain_mlflow_download(champion, tmp_path):
+    """A copy made by MLflow's own download from a local store holds the
+    recorded bytes and keeps the files' times; the registered_model_meta file
+    MLflow writes into it (new, and not covered) is not taken for a change."""
+    copy = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/iris/1", dst_path=str(tmp_path / "download")
+        )
+    )
+    assert (copy / "registered_model_meta").is_file()
+
+    diagnosis = diagnose("models:/iris/1", path=str(copy))
+
+    assert diagnosis.step("local_copy").status == "VERIFIED"
+    times = diagnosis.step("file_times")
+    assert (times.verdict, times.facts["newer"]) == ("OK", [])
+    assert diagnosis.ok
+
+
+def test_an_empty_pull_destination_is_refused(champion, tmp_path):
+    (tmp_path / "deploy" / ".staging").mkdir(parents=True)
+
+    with pytest.raises(ConfigurationError, match="without a current copy"):
+        diagnose("models:/iris/1", path=str(tmp_path / "deploy"))
+
+
 def test_local_files_modified_after_the_version_was_created(champion, tmp_path):
     """A copy that keeps file times, one file changed later: step 4 names the
     file that differs and step 5 names the one file newer than the version."""
