@@ -438,11 +438,14 @@ def _first_line(row: AuditRow) -> str:
 
 
 def parse_statuses(statuses: Iterable[str]) -> frozenset[str]:
-    """Statuses from words (any case, surrounding blanks ignored).
+    """Statuses from words (any case, surrounding blanks ignored), or from
+    one comma-separated string.
 
     Raises:
         ConfigurationError: for a word that is not a status.
     """
+    if isinstance(statuses, str):
+        statuses = statuses.split(",")
     words = [s.strip().upper() for s in statuses if s.strip()]
     unknown = sorted(set(words) - set(STATUSES))
     if unknown:
@@ -479,10 +482,15 @@ def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
         ConfigurationError: otherwise.
     """
     index, count = shard
-    if not (count >= 1 and 1 <= index <= count):
+    if count < 1:
+        raise ConfigurationError(
+            f"Shard {index}/{count} does not exist: N, the number of shards, is "
+            "at least 1; write for instance 2/4 for the second of four."
+        )
+    if not 1 <= index <= count:
         raise ConfigurationError(
             f"Shard {index}/{count} does not exist: shards are numbered 1 to N, "
-            f"so with N={count} use 1/{count} to {max(count, 1)}/{max(count, 1)}."
+            f"so with N={count} use 1/{count} to {count}/{count}."
         )
     return index, count
 

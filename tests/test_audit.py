@@ -258,6 +258,7 @@ def test_fail_on_decides_ok(integrity_registry, registered, log_sklearn):
     assert not report.ok and [r.status for r in report.failures] == ["UNTAGGED"]
     assert report.with_fail_on(["MODIFIED", "missing"]).ok
     assert audit(fail_on=["MODIFIED"]).ok
+    assert audit(fail_on="MODIFIED, missing").ok
     with pytest.raises(ConfigurationError, match="Unknown status BROKEN"):
         audit(fail_on=["BROKEN"])
 
