@@ -374,7 +374,8 @@ def _resolve_step(ctx: _Context) -> None:
     ctx.add(
         "resolve",
         verdict,
-        f"{ctx.uri} -> version {resolved.version} ({resolved.via})",
+        f"{ctx.uri} -> version {resolved.version}"
+        + ("" if resolved.via == "version" else f" ({resolved.via})"),
         details=tuple(details),
         facts=facts,
     )
@@ -494,7 +495,7 @@ def _stored_step(ctx: _Context) -> None:
         details.append(f"actual    {result.actual}")
     if result.detail:
         details.append(result.detail)
-    details.extend(line.strip() for line in render_diff(result.diff, algorithm))
+    details.extend(_diff_lines(result.diff, algorithm))
     details.extend(
         [
             "Bytes that fail this check are never loaded through mlflow-integrity; "
@@ -521,6 +522,15 @@ def _diff_summary(status: str, diff: ManifestDiff, what: str) -> str:
     )
     noun = "file differs" if len(paths) == 1 else "files differ"
     return f"{len(paths)} {noun} from the record ({status}): {shown}"
+
+
+def _diff_lines(diff: ManifestDiff, algorithm: str) -> list[str]:
+    """The verify report's per-file lines, with the sizes and digests of
+    each file indented under its name."""
+    return [
+        f"  {line.strip()}" if line.startswith(" " * 4) else line.strip()
+        for line in render_diff(diff, algorithm)
+    ]
 
 
 def _files(diff: ManifestDiff) -> list[dict[str, str]]:
@@ -639,7 +649,7 @@ def _local_copy_step(ctx: _Context, path: str | None) -> None:
             f"It was pulled as version {base_version}, which {ctx.uri} no longer "
             "names, and changed since:"
         )
-    details.extend(line.strip() for line in render_diff(diff, algorithm))
+    details.extend(_diff_lines(diff, algorithm))
     if pulled is not None and pulled.digest != digest:
         details.append(
             "The copy changed after `pull` verified it; something on this host "
