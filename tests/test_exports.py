@@ -33,7 +33,6 @@ def test_audit_and_diagnose_call_through_their_modules():
     module (so with diagnose); the module is callable and calls the function."""
     import mlflow_integrity.audit
     import mlflow_integrity.diagnose
-
     from mlflow_integrity.errors import ConfigurationError
 
     for name in ("audit", "diagnose"):
