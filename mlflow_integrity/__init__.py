@@ -2,7 +2,8 @@
 
 Register with :func:`register_model` to record the content digest of the stored
 artifact on the version (tag ``artifact_sha``); load with :func:`load_model` to
-refuse bytes that differ; check without loading with :func:`verify`.
+refuse bytes that differ; check without loading with :func:`verify`; check
+every version of a registry with :func:`audit`.
 
 Names are imported on first use, so that ``import mlflow_integrity`` (and the
 pytest plugin, which pytest loads in every run) does not import MLflow.
@@ -17,7 +18,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ArtifactMissingError": "errors",
+    "AuditReport": "audit",
     "ConfigurationError": "errors",
+    "Diagnosis": "diagnose",
     "Digest": "digest",
     "DigestMismatchError": "errors",
     "IntegrityError": "errors",
@@ -33,7 +36,9 @@ _EXPORTS = {
     "VerifiedModel": "load",
     "VerifyResult": "check",
     "attest": "gate",
+    "audit": "audit",
     "backfill_version": "register",
+    "diagnose": "diagnose",
     "download_verified": "load",
     "hash_tree": "digest",
     "load_model": "load",
@@ -46,7 +51,9 @@ _EXPORTS = {
 
 __all__ = [
     "ArtifactMissingError",
+    "AuditReport",
     "ConfigurationError",
+    "Diagnosis",
     "Digest",
     "DigestMismatchError",
     "IntegrityError",
@@ -63,7 +70,9 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "attest",
+    "audit",
     "backfill_version",
+    "diagnose",
     "download_verified",
     "hash_tree",
     "load_model",
@@ -75,7 +84,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mlflow_integrity.audit import AuditReport, audit
     from mlflow_integrity.check import VerifyResult, verify
+    from mlflow_integrity.diagnose import Diagnosis, diagnose
     from mlflow_integrity.digest import Digest, Manifest, ManifestDiff, hash_tree
     from mlflow_integrity.errors import (
         ArtifactMissingError,

@@ -166,8 +166,11 @@ class VerifyResult:
         }
 
 
-def pinned_digest(expected: str | Digest | None) -> Digest | None:
-    """The deployment's pin: the argument, else ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``.
+def pinned_digest(
+    expected: str | Digest | None, *, env_pin: bool = True
+) -> Digest | None:
+    """The deployment's pin: the argument, else ``MLFLOW_INTEGRITY_EXPECTED_DIGEST``
+    (unless ``env_pin`` is false).
 
     Raises:
         ConfigurationError: if the pin is not a well-formed digest.
@@ -176,7 +179,7 @@ def pinned_digest(expected: str | Digest | None) -> Digest | None:
         return expected
     if expected is not None:
         text = expected
-    elif EXPECTED_DIGEST_ENV in os.environ:
+    elif env_pin and EXPECTED_DIGEST_ENV in os.environ:
         text = os.environ[EXPECTED_DIGEST_ENV]
     else:
         return None
@@ -382,6 +385,7 @@ def verify(
     expected: str | Digest | None = None,
     client: MlflowClient | None = None,
     mode: str = DEEP,
+    env_pin: bool = True,
 ) -> VerifyResult:
     """Check a registered version's stored artifact against its record.
 
@@ -399,6 +403,8 @@ def verify(
             bucket's listing and re-reads only objects whose metadata changed
             (S3 only; elsewhere it reads every byte). ``result.mode`` says
             which one ran.
+        env_pin: read ``MLFLOW_INTEGRITY_EXPECTED_DIGEST`` when ``expected``
+            is None (an audit of many versions turns this off).
 
     Raises:
         ConfigurationError: if the URI, the pin or the mode is malformed, or
@@ -406,7 +412,7 @@ def verify(
     """
     check_mode(mode)
     client = client or MlflowClient()
-    pin = pinned_digest(expected)
+    pin = pinned_digest(expected, env_pin=env_pin)
     resolved = resolve(client, model_uri)
 
     try:

@@ -11,6 +11,7 @@ import fnmatch
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -494,6 +495,136 @@ def probe_command(url: str, expect: str | None, timeout: float, fmt: str) -> Non
 
     report = probe(url, expect, timeout)
     _emit(fmt, report, f"{url} serves {report['model_uri']} ({report['digest']})")
+
+
+@cli.command(name="audit")
+@click.option(
+    "--name",
+    "patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="Registered model name or shell pattern ('fraud-*'); repeat for more. "
+    "Default: every registered model.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["deep", "quick"]),
+    default="deep",
+    show_default=True,
+    help="deep re-reads every byte; quick compares S3 object metadata.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Versions checked at once.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Check only shard I of N (1-based), e.g. 2/4 in the second of four jobs.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "junit"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts (docs/audit-schema.md), junit for CI.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the report to this file; print only the summary.",
+)
+@click.option(
+    "--fail-on",
+    "fail_on",
+    default=None,
+    metavar="STATUSES",
+    help="Comma list of statuses that exit 1, e.g. MODIFIED,MISSING "
+    "[default: every status except VERIFIED].",
+)
+@click.option("--exit-zero", is_flag=True, help="Exit 0 whatever is found.")
+def audit_command(
+    patterns: tuple[str, ...],
+    mode: str,
+    workers: int,
+    shard: str | None,
+    fmt: str,
+    output: str | None,
+    fail_on: str | None,
+    exit_zero: bool,
+) -> None:
+    """Check every version of the registered models and report each one.
+
+    One row per version (and per alias that names a missing version), with
+    its status, the files that differ, and when its digest was recorded.
+    Exits 1 when a version's status is one of --fail-on, 0 otherwise.
+    """
+    from mlflow_integrity.audit import audit, parse_shard, parse_statuses
+
+    if fail_on is not None and exit_zero:
+        raise click.UsageError("Give --fail-on or --exit-zero, not both.")
+    statuses = parse_statuses(fail_on.split(",")) if fail_on is not None else None
+    if statuses is not None and not statuses:
+        raise click.BadParameter("name at least one status.", param_hint="--fail-on")
+    report = audit(
+        list(patterns) or None,
+        mode=mode,
+        workers=workers,
+        shard=parse_shard(shard) if shard else None,
+        progress=sys.stderr.isatty(),
+        fail_on=statuses,
+    )
+
+    if fmt == "json":
+        text = json.dumps(report.to_dict(), indent=2, sort_keys=True)
+    elif fmt == "junit":
+        text = report.to_junit().rstrip("\n")
+    else:
+        text = report.render(
+            width=max(shutil.get_terminal_size().columns, 100),
+            colour=output is None and sys.stdout.isatty(),
+        )
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        click.echo(f"{report.summary()}; report written to {output}")
+    else:
+        click.echo(text)
+    if not report.ok and not exit_zero:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+@cli.command(name="diagnose")
+@click.argument("model_uri")
+@click.option(
+    "--path",
+    "local_path",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="The copy the deployment loaded: a model directory or a `pull` DEST.",
+)
+@_format_option
+def diagnose_command(model_uri: str, local_path: str | None, fmt: str) -> None:
+    """Run the on-call checklist for MODEL_URI and a deployment's local copy.
+
+    Seven numbered steps, each with a verdict (OK, PROBLEM, INFO, SKIPPED):
+    what the URI names now, its record, the stored bytes, the local copy
+    (STALE when it holds another version), its file times, runtime
+    attestations, and signs that the version was deleted and created again.
+    Exits 1 when a step finds a problem.
+    """
+    from mlflow_integrity.diagnose import diagnose
+
+    diagnosis = diagnose(model_uri, path=local_path)
+    _emit(fmt, diagnosis.to_dict(), diagnosis.render())
+    if not diagnosis.ok:
+        raise SystemExit(EXIT_INTEGRITY)
 
 
 def _matching_models(client: Any, pattern: str) -> list[str]:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 WEIGHT_FILES = ("model.skops", "model.pkl")
+SCHEMA_DOC = Path(__file__).parent.parent / "docs" / "audit-schema.md"
 
 
 def stored_dir(client: Any, name: str, version: str | int) -> Path:
@@ -91,3 +96,40 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def shared_registry(folder: Path, template_db: Path) -> Iterator[Any]:
+    """Like the ``integrity_registry`` fixture, for a module-scoped fixture:
+    a SQLite registry in ``folder`` that MLflow points at until the block ends.
+    Building a registry with many versions once per module keeps tests fast."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from mlflow_integrity.plugins.pytest_plugin import Registry, _pointed_at
+
+    db_path = folder / "mlflow.db"
+    shutil.copyfile(template_db, db_path)
+    uri = f"sqlite:///{db_path}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment_id = client.create_experiment(
+        f"integrity-test-{uuid.uuid4().hex[:12]}",
+        artifact_location=(folder / "artifacts").as_uri(),
+    )
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        _pointed_at(monkeypatch, uri, uri, experiment_id),
+    ):
+        yield Registry(uri, uri, folder / "artifacts", client, experiment_id)
+
+
+def documented_keys(section: str) -> set[str]:
+    """The keys in the first column of the table under a heading of
+    docs/audit-schema.md."""
+    import re
+
+    text = SCHEMA_DOC.read_text()
+    match = re.search(rf"^#+ {re.escape(section)}\n(.*?)(?=^#|\Z)", text, re.M | re.S)
+    assert match, f"no section {section!r} in {SCHEMA_DOC}"
+    return set(re.findall(r"^\| `([a-z_]+)` \|", match.group(1), re.M))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import mlflow_integrity
 
 
@@ -26,6 +28,24 @@ def test_public_functions_are_not_shadowed_by_modules():
     assert callable(mlflow_integrity.verify)
     assert callable(mlflow_integrity.load_model)
     assert callable(mlflow_integrity.restore)
+
+
+def test_audit_and_diagnose_call_through_their_modules():
+    """Importing mlflow_integrity.audit binds the package's name audit to the
+    module (so with diagnose); the module is callable and calls the function."""
+    import mlflow_integrity.audit
+    import mlflow_integrity.diagnose
+    from mlflow_integrity.errors import ConfigurationError
+
+    for name in ("audit", "diagnose"):
+        assert (
+            getattr(mlflow_integrity, name) is sys.modules[f"mlflow_integrity.{name}"]
+        )
+    # Both calls reach the functions, which refuse the arguments.
+    with pytest.raises(ConfigurationError, match="workers must be between"):
+        mlflow_integrity.audit(workers=0)
+    with pytest.raises(ConfigurationError, match="is not a directory"):
+        mlflow_integrity.diagnose("models:/m/1", path="/nonexistent/copy")
 
 
 def test_import_does_not_import_mlflow():
