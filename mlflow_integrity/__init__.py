@@ -18,9 +18,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ArtifactMissingError": "errors",
-    "AuditReport": "audit",
+    "AuditReport": "auditing",
     "ConfigurationError": "errors",
-    "Diagnosis": "diagnose",
+    "Diagnosis": "diagnosis",
     "Digest": "digest",
     "DigestMismatchError": "errors",
     "IntegrityError": "errors",
@@ -36,9 +36,9 @@ _EXPORTS = {
     "VerifiedModel": "load",
     "VerifyResult": "check",
     "attest": "gate",
-    "audit": "audit",
+    "audit": "auditing",
     "backfill_version": "register",
-    "diagnose": "diagnose",
+    "diagnose": "diagnosis",
     "download_verified": "load",
     "hash_tree": "digest",
     "load_model": "load",
@@ -84,9 +84,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from mlflow_integrity.audit import AuditReport, audit
+    from mlflow_integrity.auditing import AuditReport, audit
     from mlflow_integrity.check import VerifyResult, verify
-    from mlflow_integrity.diagnose import Diagnosis, diagnose
+    from mlflow_integrity.diagnosis import Diagnosis, diagnose
     from mlflow_integrity.digest import Digest, Manifest, ManifestDiff, hash_tree
     from mlflow_integrity.errors import (
         ArtifactMissingError,

@@ -565,7 +565,7 @@ def audit_command(
     its status, the files that differ, and when its digest was recorded.
     Exits 1 when a version's status is one of --fail-on, 0 otherwise.
     """
-    from mlflow_integrity.audit import audit, parse_shard, parse_statuses
+    from mlflow_integrity.auditing import audit, parse_shard, parse_statuses
 
     if fail_on is not None and exit_zero:
         raise click.UsageError("Give --fail-on or --exit-zero, not both.")
@@ -619,7 +619,7 @@ def diagnose_command(model_uri: str, local_path: str | None, fmt: str) -> None:
     attestations, and signs that the version was deleted and created again.
     Exits 1 when a step finds a problem.
     """
-    from mlflow_integrity.diagnose import diagnose
+    from mlflow_integrity.diagnosis import diagnose
 
     diagnosis = diagnose(model_uri, path=local_path)
     _emit(fmt, diagnosis.to_dict(), diagnosis.render())

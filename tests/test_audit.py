@@ -16,8 +16,8 @@ import mlflow
 import pytest
 
 import mlflow_integrity
-import mlflow_integrity.audit as audit_module
-from mlflow_integrity.audit import AuditReport, audit, shard_of
+import mlflow_integrity.auditing as audit_module
+from mlflow_integrity.auditing import AuditReport, audit, shard_of
 from mlflow_integrity.cli import main
 from mlflow_integrity.errors import ConfigurationError
 from tests.helpers import (

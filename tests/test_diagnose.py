@@ -16,7 +16,7 @@ import pytest
 import mlflow_integrity
 from mlflow_integrity import gate, materialize
 from mlflow_integrity.cli import main
-from mlflow_integrity.diagnose import Diagnosis, diagnose
+from mlflow_integrity.diagnosis import Diagnosis, diagnose
 from mlflow_integrity.digest import Digest
 from mlflow_integrity.errors import ConfigurationError
 from mlflow_integrity.register import write_record

@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import textwrap
-import types
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -921,7 +919,7 @@ def _versions(client: MlflowClient, name: str) -> list[Any]:
     """Every version of a model; none when MLflow cannot list them (a name
     with a quote breaks its search filter), so that the steps that compare
     with other versions say less rather than the diagnosis failing."""
-    from mlflow_integrity.audit import _pages
+    from mlflow_integrity.auditing import _pages
 
     try:
         return _pages(client.search_model_versions, filter_string=f"name = '{name}'")
@@ -947,7 +945,7 @@ def _record_of(client: MlflowClient, name: str, version: str) -> Record | None:
 
 
 def _aliases_of(client: MlflowClient, name: str) -> dict[str, str]:
-    from mlflow_integrity.audit import _aliases
+    from mlflow_integrity.auditing import _aliases
 
     return _aliases(client.get_registered_model(name))
 
@@ -966,14 +964,3 @@ def _parse_time(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing ``mlflow_integrity.diagnose`` binds the package attribute
-    ``diagnose`` to this module; calling the module calls the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Diagnosis:
-        return diagnose(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

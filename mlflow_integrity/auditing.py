@@ -20,9 +20,7 @@ import hashlib
 import html
 import io
 import logging
-import sys
 import textwrap
-import types
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -832,15 +830,3 @@ def _pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
         token = getattr(page, "token", None)
         if not token:
             return items
-
-
-class _CallableModule(types.ModuleType):
-    """Importing ``mlflow_integrity.audit`` binds the package attribute
-    ``audit`` to this module, over the function of the same name; calling the
-    module calls the function, so ``mlflow_integrity.audit(...)`` always works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> AuditReport:
-        return audit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
