@@ -115,12 +115,24 @@ def proxy_repository(uri: str) -> tuple[Any, Any]:
 
 def http_get_stream(host_creds: Any, endpoint: str) -> Any:
     """``GET`` an endpoint below the host credentials' URL as a stream, with
-    MLflow's retry and timeout settings; raises for an error status."""
+    MLflow's timeout; raises for an error status.
+
+    MLflow's default retries (7, doubling from 2 s) make one failing file
+    take minutes; unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set, an
+    integrity read retries twice, after 1 and 2 s.
+    """
+    import os
+
     from mlflow.utils.rest_utils import (  # type: ignore[attr-defined]
         augmented_raise_for_status,
         http_request,
     )
 
-    response = http_request(host_creds, endpoint, "GET", stream=True)
+    retries: dict[str, Any] = {}
+    if "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ:
+        retries["max_retries"] = 2
+    if "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in os.environ:
+        retries["backoff_factor"] = 1
+    response = http_request(host_creds, endpoint, "GET", stream=True, **retries)
     augmented_raise_for_status(response)
     return response

@@ -254,7 +254,14 @@ def failed(
     record: Record | None = None,
     pin: Digest | None = None,
 ) -> VerifyResult:
-    """A result for a check that could not read the bytes or the record."""
+    """A result for a check that could not read the bytes or the record.
+
+    Raises:
+        ConfigurationError: ``err`` itself when it is one: a bad setting is
+            the caller's to fix, not a property of the stored bytes.
+    """
+    if isinstance(err, ConfigurationError):
+        raise err
     status = err.status if err.status in STATUSES else UNREADABLE
     return VerifyResult(
         name=resolved.name,
@@ -283,38 +290,66 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def measure(store: Store, record: Record, mode: str = DEEP) -> tuple[Manifest, str]:
-    """The manifest of the stored tree now, and the mode that produced it.
+def measure(
+    store: Store, record: Record, mode: str = DEEP
+) -> tuple[Manifest, str, str]:
+    """The manifest of the stored tree now, the mode that produced it, and a
+    note when quick mode was asked for but could not be used.
 
     Quick mode needs the object metadata recorded at registration (S3). The
     metadata is listed where the record says the objects are, which is also
-    where a tracking server's proxy reads them from; when that listing fails
-    (a client without S3 credentials behind the proxy) or there is no such
-    record, every byte is read from ``store`` instead and the mode returned
-    says ``deep``.
+    where a tracking server's proxy reads them from. For a proxied version
+    that listing is used only when this process talks to the endpoint the
+    server recorded, and when it fails (no S3 credentials here, say) every
+    byte is read through the proxy instead; then, and when there is no such
+    record at all, the mode returned says ``deep``.
 
     Raises:
         IntegrityError: if the store cannot be read.
+        MalformedTagError: if the recorded objects cannot be where the
+            version's bytes are.
     """
     objects = record.objects
-    if mode == QUICK and objects is not None and objects.store == "s3":
+    note = ""
+    if mode == QUICK and objects is not None:
         listed = recorded_location(store, record)
-        try:
-            manifest, reread = listed.quick_manifest(record.manifest, objects)
-        except StoreReadError as err:
-            if listed is store:
-                raise
-            _logger.info(
-                "quick check of %s could not list the bucket (%s); reading "
-                "every byte through %s",
-                store.uri,
-                err.message,
-                store.uri,
-            )
+        note = unusable_location(store, listed, record)
+        if note:
+            note += "; every byte was read through the tracking server instead"
         else:
-            _logger.debug("quick check of %s re-read %d objects", listed.uri, reread)
-            return manifest, QUICK
-    return store.manifest(record.digest.algorithm), DEEP
+            try:
+                manifest, reread = listed.quick_manifest(record.manifest, objects)
+            except IntegrityError as err:
+                if listed is store:
+                    raise
+                note = (
+                    f"quick mode could not list s3://{objects.bucket}/"
+                    f"{objects.prefix} ({err.message}); every byte was read "
+                    "through the tracking server instead"
+                )
+            else:
+                _logger.debug(
+                    "quick check of %s re-read %d objects", listed.uri, reread
+                )
+                return manifest, QUICK, ""
+        _logger.info("%s", note)
+    elif mode == QUICK:
+        note = "no object versions were recorded for this version; every byte was read"
+    return store.manifest(record.digest.algorithm), DEEP, note
+
+
+def unusable_location(store: Store, listed: S3Store, record: Record) -> str:
+    """Why the recorded bucket of a proxied version cannot be read from here
+    (empty when it can): the server recorded another S3 endpoint than the one
+    this process uses, so the same bucket name may be another bucket."""
+    objects = record.objects
+    if listed is store or objects is None or objects.endpoint == listed.endpoint:
+        return ""
+    return (
+        f"the tracking server read s3://{objects.bucket}/{objects.prefix} at "
+        f"endpoint {objects.endpoint or 'AWS S3'}, but this process uses "
+        f"{listed.endpoint or 'AWS S3'} (MLFLOW_S3_ENDPOINT_URL)"
+    )
 
 
 def recorded_location(store: Store, record: Record) -> S3Store:
@@ -374,6 +409,8 @@ def object_history(
         return (), ""
     try:
         s3 = recorded_location(store, record)
+        if unusable_location(store, s3, record):
+            return (), ""
         return tuple(s3.history(obj) for obj in wanted), ""
     except IntegrityError as err:
         return (), f"the object version history could not be read: {err.message}"
@@ -429,11 +466,20 @@ def verify(
         )
 
     store: Store | None = None
+    quick_note = ""
+    if mode == QUICK and pin is not None:
+        # A pin is the deployment's own knowledge of the bytes; the object
+        # listing is only the registry's, and is not covered by the digest.
+        mode = DEEP
+        quick_note = "a pinned digest is always checked against every byte"
     try:
         store = open_store(resolved.source)
-        actual, used = measure(store, record, mode)
+        actual, used, note = measure(store, record, mode)
+        quick_note = quick_note or note
+    except ConfigurationError:
+        raise
     except IntegrityError as err:
-        result = replace(failed(resolved, err, record, pin), mode=mode)
+        result = replace(failed(resolved, err, record, pin), mode=DEEP)
         if result.status == MISSING and store is not None:
             # The whole tree is gone; on a versioned bucket its objects may not be.
             every = ManifestDiff(
@@ -450,6 +496,11 @@ def verify(
         return result
 
     result = replace(compare(resolved, record, actual, pin), mode=used)
+    if quick_note:
+        result = replace(
+            result,
+            detail=" ".join(t for t in (result.detail, f"({quick_note})") if t),
+        )
     if not result.ok and result.diff:
         history, note = object_history(store, record, result.diff)
         result = replace(

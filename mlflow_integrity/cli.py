@@ -181,14 +181,14 @@ def restore(name: str, version: str, yes: bool, fmt: str) -> None:
     """Put the registered bytes of NAME VERSION back from the recorded S3
     object versions (bucket with versioning). Every recorded version is
     verified before anything is written; objects added since registration
-    are deleted (a delete marker, recoverable). Exits 1 unless the version
-    verifies afterwards (or already did)."""
+    are deleted when versioning is enabled (a delete marker, recoverable).
+    Exits 0 only if the version verifies: already, or after --yes."""
     from mlflow_integrity.recovery import restore as restore_version
 
     plan = restore_version(name, version, yes=yes)
     _emit(fmt, plan.to_dict(), plan.describe())
-    left_broken = plan.after is not None and not plan.after.ok
-    if left_broken or (not plan.needed and not plan.before.ok):
+    verifies = plan.after.ok if plan.after is not None else plan.before.ok
+    if not verifies:
         raise SystemExit(EXIT_INTEGRITY)
 
 

@@ -95,10 +95,15 @@ class UnsafeArtifactError(IntegrityError):
 
 
 class StoreReadError(IntegrityError):
-    """The artifact store refused or failed; nothing is known of the bytes."""
+    """The artifact store refused or failed; nothing is known of the bytes.
+
+    ``store_code`` is the store's own error code when it gave one (S3's
+    ``NoSuchVersion``, ``AccessDenied``, ...).
+    """
 
     status = "UNREADABLE"
     default_error_code = "BAD_REQUEST"
+    store_code: str | None = None
 
 
 class PromotionRefusedError(IntegrityError):

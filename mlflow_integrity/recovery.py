@@ -26,6 +26,7 @@ from mlflow_integrity.check import (
     failed,
     measure,
     recorded_location,
+    unusable_location,
 )
 from mlflow_integrity.digest import FileEntry
 from mlflow_integrity.errors import (
@@ -35,8 +36,8 @@ from mlflow_integrity.errors import (
     StoreReadError,
     UntaggedVersionError,
 )
-from mlflow_integrity.registry import read_record, resolve
-from mlflow_integrity.stores import StoredObject, open_store
+from mlflow_integrity.registry import Record, ResolvedVersion, read_record, resolve
+from mlflow_integrity.stores import ObjectListing, StoredObject, open_store
 from mlflow_integrity.stores.s3 import S3Store
 
 _logger = logging.getLogger(__name__)
@@ -132,25 +133,56 @@ def plan_restore(
     objects = record.objects
     if (
         objects is None
-        or objects.store != "s3"
         or not objects.versioned
         or any(o.version_id is None for o in objects.objects)
     ):
         raise ConfigurationError(
-            f"{uri} cannot be restored from object versions: its artifact "
-            f"({resolved.source}) was not recorded on an S3 bucket with "
-            "versioning, so no earlier object version is named. Restore the "
-            "files from a backup, then run `mlflow-integrity verify "
-            f"{uri}`.",
+            f"{uri} cannot be restored from object versions: its record names "
+            "none (the artifact was registered on a store other than S3, on a "
+            "bucket without versioning, or before mlflow-integrity recorded "
+            f"object versions; source {resolved.source}). Restore the files "
+            f"from a backup, then run `mlflow-integrity verify {uri}`.",
             name=name,
             version=version,
         )
     # Where the record says the objects are: the version's own s3:// source,
     # or the bucket behind a tracking server's proxy.
-    store = recorded_location(open_store(resolved.source), record)
-
+    source_store = open_store(resolved.source)
+    store = recorded_location(source_store, record)
+    problem = unusable_location(source_store, store, record)
+    if problem:
+        raise ConfigurationError(
+            f"{uri} cannot be restored from here: {problem}."
+            f" Set MLFLOW_S3_ENDPOINT_URL={objects.endpoint or ''} (the "
+            "endpoint the server used) and run the restore again.",
+            name=name,
+            version=version,
+        )
     try:
-        actual, _ = measure(store, record, DEEP)
+        return _plan(resolved, record, objects, store), store
+    except StoreReadError as err:
+        hint = ""
+        if store is not source_store:
+            hint = (
+                f" A restore reads and writes the bucket the tracking server "
+                f"recorded ({store.uri}) directly: this process needs "
+                "credentials for it (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "a profile or a role)."
+            )
+        raise StoreReadError(
+            f"Restoring {uri}: {err.message} Nothing was changed.{hint}",
+            name=name,
+            version=version,
+            source=store.uri,
+        ) from err
+
+
+def _plan(
+    resolved: ResolvedVersion, record: Record, objects: ObjectListing, store: S3Store
+) -> RestorePlan:
+    uri = resolved.uri
+    try:
+        actual, _, _ = measure(store, record, DEEP)
         before = compare(resolved, record, actual)
     except IntegrityError as err:
         before = failed(resolved, err, record)
@@ -161,32 +193,48 @@ def plan_restore(
     if before.whole_artifact_missing:
         changed = list(expected)
         extra: list[str] = []
+        current: dict[str, StoredObject] = {}
     else:
         changed = [c.path for c in before.diff.modified + before.diff.missing]
         extra = [c.path for c in before.diff.extra]
+        current = store.describe().by_path()
 
     put_back = tuple(listed[path] for path in changed)
     for obj in put_back:
         _verify_version(store, obj, expected[obj.path], record.digest.algorithm, uri)
+
+    # Objects added since registration, and a file now stored under another
+    # key than the recorded one (its NFD twin, say), which would otherwise sit
+    # beside the key put back.
+    restored_keys = {obj.key for obj in put_back}
+    added = [current[path].key for path in extra if path in current]
+    added += [
+        current[path].key
+        for path in changed
+        if path in current and current[path].key != listed[path].key
+    ]
+    added = [key for key in added if key not in restored_keys]
     remove: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    if extra:
-        current = store.describe().by_path()
-        added = tuple(current[path].key for path in extra if path in current)
-        if _versioning(store) == "Enabled":
-            remove = added
-        else:
-            # With versioning suspended a delete removes the "null" version
-            # for good; objects that were never registered are left alone.
-            notes = (
-                f"{len(added)} object(s) added since registration left in "
-                "place: versioning on the bucket is suspended, so deleting "
-                "them could not be undone. Remove them by hand: " + ", ".join(added),
-            )
-    plan = RestorePlan(
-        name, version, resolved.source, before, put_back, remove, notes=notes
+    if added and _versioning(store) == "Enabled":
+        remove = tuple(added)
+    elif added:
+        # With versioning suspended a delete removes the "null" version
+        # for good; objects that were never registered are left alone.
+        notes = (
+            f"{len(added)} object(s) added since registration left in "
+            "place: versioning on the bucket is suspended, so deleting "
+            "them could not be undone. Remove them by hand: " + ", ".join(added),
+        )
+    return RestorePlan(
+        resolved.name,
+        resolved.version,
+        resolved.source,
+        before,
+        put_back,
+        remove,
+        notes=notes,
     )
-    return plan, store
 
 
 def _versioning(store: S3Store) -> str:
@@ -205,11 +253,13 @@ def _verify_version(
     assert obj.version_id is not None
     try:
         size, digest = store.read(obj, algorithm, version_id=obj.version_id)
-    except IntegrityError as err:
+    except StoreReadError as err:
+        if err.store_code not in ("NoSuchVersion", "NoSuchKey", "404"):
+            raise
         raise DigestMismatchError(
-            f"{uri}: the recorded version {obj.version_id} of {obj.path} cannot "
-            f"be read ({err.message}); it may have been deleted from the "
-            "bucket's history. Restore the file from a backup.",
+            f"{uri}: the recorded version {obj.version_id} of {obj.path} is gone "
+            f"from the bucket ({err.message}); nothing was changed. Restore the "
+            "file from a backup.",
             source=store.uri,
         ) from err
     if (size, digest) != (want.size, want.digest):
@@ -244,12 +294,26 @@ def restore(
     plan, store = plan_restore(name, version, client=client)
     if not yes or not plan.needed:
         return plan
-    for obj in plan.put_back:
-        store.put_back(obj)
-        _logger.info("put back %s (version %s)", obj.key, obj.version_id)
-    for key in plan.remove:
-        store.delete(key)
-        _logger.info("removed %s", key)
+    done: list[str] = []
+    try:
+        for obj in plan.put_back:
+            store.put_back(obj)
+            done.append(f"put back {obj.key}")
+            _logger.info("put back %s (version %s)", obj.key, obj.version_id)
+        for key in plan.remove:
+            store.delete(key)
+            done.append(f"removed {key}")
+            _logger.info("removed %s", key)
+    except StoreReadError as err:
+        raise StoreReadError(
+            f"Restoring models:/{name}/{version} stopped: {err.message} Done so "
+            f"far: {', '.join(done) or 'nothing'}; everything else is as it was. "
+            f"Run `mlflow-integrity restore {name} {version} --yes` again once "
+            "the store answers.",
+            name=name,
+            version=version,
+            source=store.uri,
+        ) from err
     after = _check_again(client, plan)
     return RestorePlan(
         plan.name,

@@ -352,9 +352,11 @@ def _decode_objects(tags: dict[str, str], manifest: Manifest) -> ObjectListing |
     if OBJECTS not in tags:
         return None
     listing = ObjectListing.from_json(json.loads(_decode_blob(tags, OBJECTS)))
-    paths = [o.path for o in listing.objects]
-    if paths != [e.path for e in manifest.files]:
-        raise ValueError(f"the {OBJECTS} tag does not list the manifest's files")
+    paths = [(o.path, o.size) for o in listing.objects]
+    if paths != [(e.path, e.size) for e in manifest.files]:
+        raise ValueError(
+            f"the {OBJECTS} tag does not list the manifest's files and sizes"
+        )
     # Each key must be the file's own key below the prefix: a restore writes
     # to these keys.
     start = f"{listing.prefix}/" if listing.prefix else ""

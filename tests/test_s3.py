@@ -34,7 +34,7 @@ from mlflow_integrity.stores import open_store
 from mlflow_integrity.stores.proxy import ProxyStore
 from mlflow_integrity.stores.s3 import S3Store
 from tests.helpers import free_port
-from tests.netfaults import AccessDenied, Blackhole, CuttingProxy
+from tests.netfaults import AccessDenied, Blackhole, CuttingProxy, HtmlPage
 
 pytestmark = pytest.mark.s3
 
@@ -221,7 +221,7 @@ def test_overwritten_object_is_named_and_restored(s3, in_bucket, registered, cap
     s3.put_object(Bucket=bucket, Key=extra_key, Body=b"added later")
 
     code, out = cli(capsys, "restore", mv.name, str(mv.version))
-    assert code == 0 and "pass --yes" in out
+    assert code == 1 and "pass --yes" in out, "a plan alone leaves it MODIFIED"
     assert verify(uri).status == "MODIFIED", "a plan alone must change nothing"
 
     code, out = cli(capsys, "restore", mv.name, str(mv.version), "--yes")
@@ -342,7 +342,9 @@ def test_missing_bucket_is_unreadable(s3, in_bucket, registered):
     assert "NoSuchBucket" in result.detail
 
 
-@pytest.mark.parametrize("fault", ["access-denied", "refused", "timeout", "cut"])
+@pytest.mark.parametrize(
+    "fault", ["access-denied", "refused", "timeout", "cut", "html"]
+)
 def test_store_errors_are_unreadable_never_modified(
     fault, s3, s3_endpoint, in_bucket, registered, monkeypatch, tmp_path
 ):
@@ -368,6 +370,9 @@ def test_store_errors_are_unreadable_never_modified(
         expect = "Could not connect"
     elif fault == "timeout":
         peer, expect = Blackhole(), "timeout"
+    elif fault == "html":
+        # A login page is no empty listing: never MISSING.
+        peer, expect = HtmlPage(), "did not answer as S3 does"
     else:
         # Listing answers pass; the large object is cut after 1 MiB.
         peer, expect = CuttingProxy(port, cut_after=1024 * 1024), "Reading"
@@ -447,6 +452,16 @@ def test_server_with_s3_destination_records_and_checks(
         with pytest.raises(MlflowException, match="MODIFIED"):
             client.set_registered_model_alias(name, "champion", "1")
 
+        # Another S3 endpoint here than the server's: its bucket of the same
+        # name may be another bucket, so it is neither listed nor restored.
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+        elsewhere = verify(uri, mode="quick")
+        assert elsewhere.status == "MODIFIED" and elsewhere.mode == "deep"
+        assert "but this process uses http://127.0.0.1:9" in elsewhere.detail
+        with pytest.raises(ConfigurationError, match="MLFLOW_S3_ENDPOINT_URL="):
+            restore(name, "1", yes=True)
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+
         plan = restore(name, "1", yes=True)
         assert plan.after is not None and plan.after.ok
         client.set_registered_model_alias(name, "champion", "1")
@@ -510,3 +525,96 @@ def test_restore_leaves_added_objects_when_versioning_is_suspended(
     assert "nothing can be restored (EXTRA)" in out
     assert "left in place" in out and added in out
     assert s3.get_object(Bucket=bucket, Key=added)["Body"].read() == b"not registered"
+
+
+def test_a_pin_is_always_checked_deeply(s3, in_bucket, registered):
+    """Quick mode trusts the recorded object listing, which a plain registry
+    lets anyone edit; a pinned digest is the deployment's own, so a pinned
+    check reads every byte."""
+    _, mv = register_in(in_bucket, registered)
+    client = MlflowClient()
+    uri = f"models:/{mv.name}/{mv.version}"
+    record = read_record(client.get_model_version(mv.name, mv.version))
+    assert record is not None and record.objects is not None
+    bucket, key = weights_key(s3, mv)
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    same_size = bytes(b ^ 0xFF for b in original)
+    answer = s3.put_object(Bucket=bucket, Key=key, Body=same_size)
+
+    # Make the listing describe the tampered object, as a forger would.
+    from mlflow_integrity.registry import _encode_blob
+
+    listing = record.objects.to_json()
+    for row in listing["objects"]:
+        if row[1] == key:
+            row[2], row[3] = answer["VersionId"], answer["ETag"].strip('"')
+    for k, v in _encode_blob(OBJECTS, json.dumps(listing).encode()).items():
+        client.set_model_version_tag(mv.name, mv.version, k, v)
+
+    fooled = verify(uri, mode="quick")
+    assert fooled.status == "VERIFIED" and fooled.mode == "quick"
+    pinned = verify(uri, mode="quick", expected=str(record.digest))
+    assert pinned.status == "MODIFIED" and pinned.mode == "deep"
+    assert "pinned digest is always checked against every byte" in pinned.detail
+
+
+def test_configuration_errors_are_not_store_errors(s3, in_bucket, registered, capsys):
+    _, mv = register_in(in_bucket, registered)
+    uri = f"models:/{mv.name}/{mv.version}"
+    os.environ["MLFLOW_INTEGRITY_STORE_WORKERS"] = "zero"
+    try:
+        with pytest.raises(ConfigurationError, match="STORE_WORKERS"):
+            verify(uri)
+        with pytest.raises(ConfigurationError, match="STORE_WORKERS"):
+            mlflow_integrity.download_verified(uri)
+        assert cli(capsys, "verify", uri)[0] == 2
+    finally:
+        del os.environ["MLFLOW_INTEGRITY_STORE_WORKERS"]
+
+
+def test_a_file_stored_under_a_files_name_is_extra_not_a_crash(
+    s3, in_bucket, registered, tmp_path
+):
+    """A bucket can hold MLmodel and MLmodel/x; a directory cannot. The copy
+    skips writing what cannot be written, and the check reports it."""
+    _, mv = register_in(in_bucket, registered)
+    uri = f"models:/{mv.name}/{mv.version}"
+    source = MlflowClient().get_model_version_download_uri(mv.name, mv.version)
+    store = S3Store(source)
+    s3.put_object(Bucket=store.bucket, Key=f"{store.prefix}/MLmodel/x", Body=b"x")
+    assert verify(uri).status == "EXTRA"
+    parent = tmp_path / "loads"
+    parent.mkdir()
+    with pytest.raises(DigestMismatchError, match="EXTRA"):
+        mlflow_integrity.download_verified(uri, parent_dir=str(parent))
+    assert list(parent.iterdir()) == []
+
+
+def test_restore_removes_a_twin_stored_under_another_normalisation(
+    s3, in_bucket, integrity_registry, tmp_path
+):
+    """A file replaced by its NFD-named twin (the same path once normalised)
+    is put back under the recorded key and the twin removed."""
+    in_bucket(versioned=True)
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "code" / "caf\u00e9.py").write_text("print('registered')\n")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model), "model")
+    mv = mlflow_integrity.register_model(
+        f"runs:/{run.info.run_id}/model", f"twin-{uuid.uuid4().hex[:6]}"
+    )
+    store = S3Store(MlflowClient().get_model_version_download_uri(mv.name, mv.version))
+    nfc = f"{store.prefix}/code/caf\u00e9.py"
+    nfd = f"{store.prefix}/code/cafe\u0301.py"
+    s3.delete_object(Bucket=store.bucket, Key=nfc)
+    s3.put_object(Bucket=store.bucket, Key=nfd, Body=b"print('swapped')\n")
+    uri = f"models:/{mv.name}/{mv.version}"
+    assert verify(uri).status == "MODIFIED"
+
+    plan = restore(mv.name, str(mv.version), yes=True)
+    assert plan.remove == (nfd,)
+    assert plan.after is not None and plan.after.ok
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=store.bucket)["Contents"]]
+    assert nfc in keys and nfd not in keys

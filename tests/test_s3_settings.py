@@ -49,3 +49,37 @@ def test_uris_pick_their_store():
     assert isinstance(open_store("mlflow-artifacts:/1/abc/artifacts"), ProxyStore)
     assert is_proxy_uri("https://mlflow.internal/api/2.0/mlflow-artifacts/artifacts/x")
     assert not is_proxy_uri("https://example.com/files/model")
+
+
+def test_run_parallel_stops_starting_work_after_a_failure():
+    import threading
+    import time
+
+    from mlflow_integrity.stores import run_parallel
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        if i == 1:
+            raise ValueError("item 1 failed")
+        time.sleep(0.2)
+        return i
+
+    with pytest.raises(ValueError, match="item 1"):
+        run_parallel(work, list(range(40)), 2)
+    assert len(started) < 10, started
+    assert run_parallel(lambda i: i * 2, list(range(5)), 3) == [0, 2, 4, 6, 8]
+
+
+def test_an_endless_proxy_listing_is_refused():
+    """A server that lists a deeper directory for ever is refused quickly."""
+    from mlflow_integrity.errors import StoreReadError
+    from tests.netfaults import EndlessListing
+
+    with EndlessListing() as server:
+        store = ProxyStore(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/x")
+        with pytest.raises(StoreReadError, match="deeper than"):
+            store.files()

@@ -84,6 +84,8 @@ class ObjectListing:
     prefix: str
     versioned: bool
     objects: tuple[StoredObject, ...]
+    endpoint: str | None = None
+    """The S3 endpoint URL the objects were listed at (None: AWS itself)."""
 
     def by_path(self) -> dict[str, StoredObject]:
         return {o.path: o for o in self.objects}
@@ -94,6 +96,7 @@ class ObjectListing:
             "bucket": self.bucket,
             "prefix": self.prefix,
             "versioned": self.versioned,
+            "endpoint": self.endpoint,
             "objects": [o.to_list() for o in self.objects],
         }
 
@@ -104,14 +107,19 @@ class ObjectListing:
         Raises:
             ValueError: if anything is missing or of the wrong type.
         """
-        if not isinstance(data, dict) or set(data) != {
-            "store",
-            "bucket",
-            "prefix",
-            "versioned",
-            "objects",
-        }:
+        fields = {"store", "bucket", "prefix", "versioned", "endpoint", "objects"}
+        if not isinstance(data, dict) or set(data) != fields:
             raise ValueError("the object listing has unexpected fields")
+        if not (
+            data["store"] == "s3"
+            and isinstance(data["bucket"], str)
+            and data["bucket"]
+            and isinstance(data["prefix"], str)
+            and isinstance(data["versioned"], bool)
+            and (data["endpoint"] is None or isinstance(data["endpoint"], str))
+            and isinstance(data["objects"], list)
+        ):
+            raise ValueError("the object listing has fields of the wrong type")
         objects = []
         for row in data["objects"]:
             if not (isinstance(row, list) and len(row) == 6):
@@ -122,24 +130,25 @@ class ObjectListing:
                 and isinstance(key, str)
                 and (version_id is None or isinstance(version_id, str))
                 and isinstance(etag, str)
-                and isinstance(size, int)
+                and type(size) is int
+                and size >= 0
                 and isinstance(modified, str)
             ):
                 raise ValueError(f"malformed object row {row!r}")
+            if version_id is not None and not data["versioned"]:
+                raise ValueError(
+                    f"object row {row!r} has a version id on an unversioned bucket"
+                )
             objects.append(StoredObject(path, key, version_id, etag, size, modified))
-        if not (
-            isinstance(data["store"], str)
-            and isinstance(data["bucket"], str)
-            and isinstance(data["prefix"], str)
-            and isinstance(data["versioned"], bool)
-        ):
-            raise ValueError("the object listing has fields of the wrong type")
+        if len({o.key for o in objects}) != len(objects):
+            raise ValueError("two rows of the object listing share a key")
         return cls(
             data["store"],
             data["bucket"],
             data["prefix"],
             data["versioned"],
             tuple(objects),
+            data["endpoint"],
         )
 
 
@@ -383,21 +392,24 @@ def hash_chunks(chunks: Any, algorithm: str, sink: Any = None) -> tuple[int, byt
 def run_parallel(fn: Any, items: list[Any], workers: int) -> list[Any]:
     """``[fn(item) for item in items]`` on up to ``workers`` threads, in order.
 
-    The first exception is raised once every started call has returned; calls
-    not yet started are cancelled.
+    As soon as one call fails, the calls not yet started are cancelled; the
+    first failure (in time) is raised once the running calls have returned.
     """
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         futures = [pool.submit(fn, item) for item in items]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in pending:
                 f.cancel()
-            raise
+            wait(pending)
+            first = min(failed, key=lambda f: futures.index(f))
+            raise first.exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
 
 
 def refuse_duplicate_paths(paths: Any, uri: str) -> None:
@@ -417,6 +429,22 @@ def refuse_duplicate_paths(paths: Any, uri: str) -> None:
                 "Unicode NFC normalisation count as one); rename one of them."
             )
         seen.add(path)
+
+
+def unwritable_paths(paths: Any) -> set[str]:
+    """The paths below another path that is itself a file (``MLmodel/x`` next
+    to ``MLmodel``): an object store holds both, a directory cannot. A fetch
+    hashes them without writing them, so the check reports them as files
+    that were not registered instead of failing on the copy."""
+    files = set(paths)
+    return {
+        path
+        for path in files
+        if any(
+            "/".join(path.split("/")[:i]) in files
+            for i in range(1, path.count("/") + 1)
+        )
+    }
 
 
 def target_path(dest: str, path: str) -> str:

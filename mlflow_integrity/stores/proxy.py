@@ -37,11 +37,16 @@ from mlflow_integrity.stores import (
     run_parallel,
     store_workers,
     target_path,
+    unwritable_paths,
 )
 
 _logger = logging.getLogger(__name__)
 
 _PROXY_PATH = "/mlflow-artifacts/artifacts"
+# Bounds on what a listing may make us do (the manifest's own cap is about
+# two million files).
+_MAX_ENTRIES = 2_000_000
+_MAX_DEPTH = 256
 
 
 def is_proxy_uri(uri: str) -> bool:
@@ -101,11 +106,27 @@ class ProxyStore:
         repo, _ = self._repo()
         found: list[tuple[str, str, int | None]] = []
         pending: list[str | None] = [None]
+        seen: set[str] = set()
         try:
             while pending:
                 directory = pending.pop()
                 for info in repo.list_artifacts(directory):
+                    if len(seen) + len(found) >= _MAX_ENTRIES:
+                        raise StoreReadError(
+                            f"Listing {self.uri}: the server lists more than "
+                            f"{_MAX_ENTRIES:,} entries; no model is that large. "
+                            "Check the URI and the server.",
+                            source=self.uri,
+                        )
                     if info.is_dir:
+                        if info.path in seen or info.path.count("/") >= _MAX_DEPTH:
+                            raise StoreReadError(
+                                f"Listing {self.uri}: the server lists directory "
+                                f"{info.path!r} twice or deeper than {_MAX_DEPTH} "
+                                "levels; refusing a listing that does not end.",
+                                source=self.uri,
+                            )
+                        seen.add(info.path)
                         pending.append(info.path)
                     elif info.path not in IGNORED_ROOT_FILES:
                         found.append(
@@ -164,8 +185,13 @@ class ProxyStore:
         return Snapshot(self.manifest(algorithm))
 
     def fetch(self, dest: str, algorithm: str) -> Manifest:
+        files = self.files()
+        skipped = unwritable_paths(path for path, _, _ in files)
+
         def one(item: tuple[str, str, int | None]) -> tuple[str, int, bytes]:
             path, served, listed = item
+            if path in skipped:
+                return (path, *self.read(served, listed, algorithm))
             try:
                 with open(target_path(dest, path), "xb") as out:
                     size, digest = self.read(served, listed, algorithm, sink=out.write)
@@ -176,5 +202,5 @@ class ProxyStore:
                 ) from exc
             return path, size, digest
 
-        entries = run_parallel(one, self.files(), store_workers())
+        entries = run_parallel(one, files, store_workers())
         return Manifest.from_entries(algorithm, entries)

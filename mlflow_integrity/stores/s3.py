@@ -54,6 +54,7 @@ from mlflow_integrity.stores import (
     run_parallel,
     store_workers,
     target_path,
+    unwritable_paths,
 )
 
 _logger = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def _timeout() -> float:
         value = 0.0
     if not 0 < value <= 3600:
         raise ConfigurationError(
-            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds from 0 to 3600."
+            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0 and at "
+            "most 3600."
         )
     return value
 
@@ -214,9 +216,11 @@ def store_error(uri: str, what: str, exc: BaseException) -> IntegrityError:
                 f"read ({code}: {message}); check again once writes have stopped.",
                 source=uri,
             )
-        return StoreReadError(
+        err = StoreReadError(
             f"{what} {uri} failed: {code} (HTTP {status}): {message}", source=uri
         )
+        err.store_code = str(code)
+        return err
     return StoreReadError(
         f"{what} {uri} failed: {type(exc).__name__}: {exc}", source=uri
     )
@@ -248,6 +252,13 @@ class S3Store:
         if self._client is None:
             self._client = s3_client()
         return self._client
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint URL this store talks to (None: AWS's own)."""
+        from mlflow.environment_variables import MLFLOW_S3_ENDPOINT_URL
+
+        return MLFLOW_S3_ENDPOINT_URL.get() or None
 
     @property
     def key_prefix(self) -> str:
@@ -311,7 +322,9 @@ class S3Store:
             )
         objects.sort(key=lambda o: o.path.encode("utf-8"))
         refuse_duplicate_paths((o.path for o in objects), self.uri)
-        return ObjectListing("s3", self.bucket, self.prefix, versioned, tuple(objects))
+        return ObjectListing(
+            "s3", self.bucket, self.prefix, versioned, tuple(objects), self.endpoint
+        )
 
     def _list_current(self) -> list[tuple[str, str | None, str, int, Any]]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -320,7 +333,7 @@ class S3Store:
         return [
             (o["Key"], None, o["ETag"], o["Size"], o.get("LastModified"))
             for page in pages
-            for o in page.get("Contents", [])
+            for o in self._page(page).get("Contents", [])
         ]
 
     def _list_versions(self) -> list[tuple[str, str | None, str, int, Any]]:
@@ -332,9 +345,23 @@ class S3Store:
         return [
             (v["Key"], v["VersionId"], v["ETag"], v["Size"], v.get("LastModified"))
             for page in pages
-            for v in page.get("Versions", [])
+            for v in self._page(page).get("Versions", [])
             if v.get("IsLatest")
         ]
+
+    def _page(self, page: dict[str, Any]) -> dict[str, Any]:
+        """A listing page, after checking it is an S3 answer about our bucket:
+        botocore reads an HTML page (a login proxy, a wrong endpoint) as an
+        empty listing, which must not pass for a deleted tree."""
+        if page.get("Name") != self.bucket:
+            raise StoreReadError(
+                f"Listing {self.uri} failed: the endpoint "
+                f"({self.endpoint or 'AWS S3'}) did not answer as S3 does (the "
+                "listing names no bucket, or another one). Check "
+                "MLFLOW_S3_ENDPOINT_URL and any proxy in between.",
+                source=self.uri,
+            )
+        return page
 
     def _object(
         self, row: tuple[str, str | None, str, int, Any]
@@ -388,7 +415,19 @@ class S3Store:
         else:
             params["IfMatch"] = f'"{obj.etag}"'
         try:
-            body = self.client.get_object(**params)["Body"]
+            response = self.client.get_object(**params)
+            body = response["Body"]
+            if not response.get("ETag") or (
+                wanted and response.get("VersionId") != wanted
+            ):
+                body.close()
+                raise StoreReadError(
+                    f"Reading {obj.key!r} of {self.uri} failed: the endpoint did "
+                    "not answer as S3 does (no ETag, or not the object version "
+                    "asked for). Check MLFLOW_S3_ENDPOINT_URL and any proxy in "
+                    "between.",
+                    source=self.uri,
+                )
             try:
                 size, digest = hash_chunks(
                     body.iter_chunks(STREAM_CHUNK), algorithm, sink
@@ -425,7 +464,11 @@ class S3Store:
     def fetch(self, dest: str, algorithm: str) -> Manifest:
         listing = self.describe()
 
+        skipped = unwritable_paths(o.path for o in listing.objects)
+
         def one(obj: StoredObject) -> tuple[str, int, bytes]:
+            if obj.path in skipped:
+                return (obj.path, *self.read(obj, algorithm))
             try:
                 with open(target_path(dest, obj.path), "xb") as out:
                     size, digest = self.read(obj, algorithm, sink=out.write)
@@ -484,7 +527,7 @@ class S3Store:
             latest: dict[str, Any] | None = None
             for page in pages:
                 for kind in ("Versions", "DeleteMarkers"):
-                    for v in page.get(kind, []):
+                    for v in self._page(page).get(kind, []):
                         if v["Key"] != obj.key:
                             continue
                         entry = dict(v, deleted=kind == "DeleteMarkers")
