@@ -544,6 +544,13 @@ def audit(
             or a name that matches no registered model.
     """
     check_mode(mode)
+    # Settings that every check reads are refused once, up front, rather than
+    # as an UNREADABLE row per version.
+    from mlflow_integrity.stores import store_workers
+    from mlflow_integrity.stores.s3 import check_settings
+
+    store_workers()
+    check_settings()
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigurationError(
             f"workers must be between 1 and {MAX_WORKERS}; got {workers}."

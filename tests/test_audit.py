@@ -541,3 +541,15 @@ def test_a_model_whose_versions_cannot_be_listed(
     assert row.detail.startswith("the versions of this model could not be listed: ")
     root = ET.fromstring(report.to_junit())
     assert [c.get("name") for c in root.iter("testcase")] == ["version 1", "versions"]
+
+
+def test_bad_store_settings_are_refused_once(monkeypatch):
+    """A bad setting every check would trip over is a configuration error of
+    the audit, not an UNREADABLE row per version."""
+    monkeypatch.setenv("MLFLOW_INTEGRITY_STORE_WORKERS", "zero")
+    with pytest.raises(ConfigurationError, match="STORE_WORKERS"):
+        audit()
+    monkeypatch.delenv("MLFLOW_INTEGRITY_STORE_WORKERS")
+    monkeypatch.setenv("MLFLOW_INTEGRITY_S3_TIMEOUT", "-1")
+    with pytest.raises(ConfigurationError, match="S3_TIMEOUT"):
+        audit()

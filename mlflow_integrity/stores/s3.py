@@ -92,6 +92,15 @@ def _timeout() -> float:
     return value
 
 
+def check_settings() -> None:
+    """Refuse bad S3 settings of this package before any store is read.
+
+    Raises:
+        ConfigurationError: for a bad ``MLFLOW_INTEGRITY_S3_TIMEOUT``.
+    """
+    _timeout()
+
+
 def s3_client() -> Any:
     """A boto3 S3 client configured as MLflow configures its own."""
     from mlflow.environment_variables import (
