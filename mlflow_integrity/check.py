@@ -338,6 +338,22 @@ def measure(
     return store.manifest(record.digest.algorithm), DEEP, note
 
 
+def endpoint_hint(store: Store | None, record: Record) -> str:
+    """When an S3 read fails and the record was made at another endpoint than
+    this process uses, say so: a forgotten ``MLFLOW_S3_ENDPOINT_URL`` looks
+    like a credentials or network problem otherwise."""
+    objects = record.objects
+    if not isinstance(store, S3Store) or objects is None:
+        return ""
+    if objects.endpoint == store.endpoint:
+        return ""
+    return (
+        f"the version was recorded at S3 endpoint {objects.endpoint or 'AWS S3'}, "
+        f"this process uses {store.endpoint or 'AWS S3'}: is "
+        "MLFLOW_S3_ENDPOINT_URL set as it was at registration?"
+    )
+
+
 def unusable_location(store: Store, listed: S3Store, record: Record) -> str:
     """Why the recorded bucket of a proxied version cannot be read from here
     (empty when it can): the server recorded another S3 endpoint than the one
@@ -480,6 +496,9 @@ def verify(
         raise
     except IntegrityError as err:
         result = replace(failed(resolved, err, record, pin), mode=DEEP)
+        hint = endpoint_hint(store, record)
+        if hint and result.status == UNREADABLE:
+            result = replace(result, detail=f"{result.detail} ({hint})")
         if result.status == MISSING and store is not None:
             # The whole tree is gone; on a versioned bucket its objects may not be.
             every = ManifestDiff(

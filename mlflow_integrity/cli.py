@@ -247,7 +247,7 @@ def backfill(
         )
     lines = [
         f"{r['model_uri']}  {r['outcome']}  "
-        f"{r.get('artifact_sha', r.get('detail', ''))}"
+        f"{r.get('artifact_sha', r.get('detail', ''))}".rstrip()
         for r in rows
     ]
     _emit(fmt, {"versions": rows, "dry_run": dry_run}, "\n".join(lines))
@@ -586,9 +586,12 @@ def audit_command(
     elif fmt == "junit":
         text = report.to_junit().rstrip("\n")
     else:
+        to_terminal = output is None and sys.stdout.isatty()
+        # Off a terminal (a file, a CI log) nothing limits the width, and a
+        # narrow table would break the commands it shows across lines.
         text = report.render(
-            width=max(shutil.get_terminal_size().columns, 100),
-            colour=output is None and sys.stdout.isatty(),
+            width=max(shutil.get_terminal_size().columns, 100) if to_terminal else 200,
+            colour=to_terminal,
         )
     if output is not None:
         with open(output, "w", encoding="utf-8") as f:

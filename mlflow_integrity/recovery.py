@@ -56,6 +56,8 @@ class RestorePlan:
     applied: bool = False
     after: VerifyResult | None = None
     notes: tuple[str, ...] = field(default=())
+    key_prefix: str = ""
+    """The keys' common prefix in the bucket (``exp/models/m-1/artifacts/``)."""
 
     @property
     def needed(self) -> bool:
@@ -75,6 +77,10 @@ class RestorePlan:
             "applied": self.applied,
             "status_after": self.after.status if self.after else None,
         }
+
+    def _path_of(self, key: str) -> str:
+        """A removed key as a path below the model root, like the others."""
+        return key[len(self.key_prefix) :] if key.startswith(self.key_prefix) else key
 
     def describe(self) -> str:
         uri = f"models:/{self.name}/{self.version}"
@@ -234,6 +240,7 @@ def _plan(
         put_back,
         remove,
         notes=notes,
+        key_prefix=store.key_prefix,
     )
 
 
@@ -325,6 +332,7 @@ def restore(
         applied=True,
         after=after,
         notes=plan.notes,
+        key_prefix=plan.key_prefix,
     )
 
 

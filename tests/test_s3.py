@@ -382,6 +382,9 @@ def test_store_errors_are_unreadable_never_modified(
         result = verify(uri)
         assert result.status == "UNREADABLE", result.detail
         assert expect.lower() in result.detail.lower()
+        assert "is MLFLOW_S3_ENDPOINT_URL set as it was at registration?" in (
+            result.detail
+        )
         assert result.diff.modified == ()
         parent = tmp_path / "loads"
         parent.mkdir()
