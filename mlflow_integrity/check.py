@@ -95,6 +95,15 @@ class VerifyResult:
     def ok(self) -> bool:
         return self.status == VERIFIED
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print every manifest entry's raw bytes.
+        digest = self.actual or self.expected
+        return (
+            f"VerifyResult({self.model_uri if self.name else self.source!r} "
+            f"{self.status} {digest or 'no digest'} mode={self.mode} "
+            f"checked_at={self.checked_at})"
+        )
+
     @property
     def model_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"

@@ -319,6 +319,10 @@ def test_loaded_model_exposes_what_was_verified(version):
     assert (info.name, info.version) == ("iris", "1")
     assert str(info.actual) == mv.tags[registry.ARTIFACT_SHA]
     assert info.checked_at.endswith("Z")
+    assert repr(info) == (
+        f"VerifyResult('models:/iris/1' VERIFIED {info.actual} mode=deep "
+        f"checked_at={info.checked_at})"
+    )
     assert mlflow_integrity.verification_of(object()) is None
 
 
