@@ -44,6 +44,7 @@ from mlflow_integrity.check import (
 )
 from mlflow_integrity.check import verify as verify_uri
 from mlflow_integrity.errors import ConfigurationError
+from mlflow_integrity.registry import all_pages
 from mlflow_integrity.render import render_result
 
 if TYPE_CHECKING:
@@ -605,7 +606,7 @@ def model_names(client: MlflowClient, names: Sequence[str] | None) -> list[str]:
     def all_models() -> list[str]:
         nonlocal every
         if every is None:
-            models = _pages(client.search_registered_models)
+            models = all_pages(client.search_registered_models)
             every = sorted(m.name for m in models if not _compat.is_prompt_model(m))
         return every
 
@@ -645,7 +646,7 @@ def _plan(client: MlflowClient, name: str) -> tuple[list[_Task], list[AuditRow]]
     """The versions of a model to check, and a row per alias whose version
     does not exist."""
     model = client.get_registered_model(name)
-    versions = _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+    versions = all_pages(client.search_model_versions, filter_string=f"name = '{name}'")
     numbers = {str(v.version) for v in versions}
 
     aliases_of: dict[str, list[str]] = {}
@@ -826,14 +827,3 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     ) as bar:
         task = bar.add_task("audit", total=total)
         yield lambda: bar.advance(task)
-
-
-def _pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
-    items: list[Any] = []
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        items.extend(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return items

@@ -631,26 +631,19 @@ def diagnose_command(model_uri: str, local_path: str | None, fmt: str) -> None:
 
 
 def _matching_models(client: Any, pattern: str) -> list[str]:
+    from mlflow_integrity.registry import all_pages
+
     if not any(ch in pattern for ch in "*?["):
         return [pattern]
-    names = [m.name for m in _pages(client.search_registered_models)]
+    names = [m.name for m in all_pages(client.search_registered_models)]
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def _versions(client: Any, name: str) -> list[str]:
-    versions = _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+    from mlflow_integrity.registry import all_pages
+
+    versions = all_pages(client.search_model_versions, filter_string=f"name = '{name}'")
     return sorted((str(v.version) for v in versions), key=int)
-
-
-def _pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
-    items: list[Any] = []
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        items.extend(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return items
 
 
 def main(argv: list[str] | None = None) -> int:

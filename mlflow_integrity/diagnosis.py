@@ -919,10 +919,10 @@ def _versions(client: MlflowClient, name: str) -> list[Any]:
     """Every version of a model; none when MLflow cannot list them (a name
     with a quote breaks its search filter), so that the steps that compare
     with other versions say less rather than the diagnosis failing."""
-    from mlflow_integrity.auditing import _pages
+    from mlflow_integrity.registry import all_pages
 
     try:
-        return _pages(client.search_model_versions, filter_string=f"name = '{name}'")
+        return all_pages(client.search_model_versions, filter_string=f"name = '{name}'")
     except MlflowException as exc:
         _logger.warning("the versions of %s cannot be listed: %s", name, exc.message)
         return []

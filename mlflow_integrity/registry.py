@@ -23,9 +23,10 @@ import json
 import logging
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlflow.exceptions import MlflowException
 
@@ -71,6 +72,19 @@ _MAX_PARTS = 10_000
 _MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 _VERSION_RE = re.compile(r"^[0-9]+$")
+
+
+def all_pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
+    """Every item of a paged MLflow search (``search_registered_models``,
+    ``search_model_versions``), following page tokens to the end."""
+    items: list[Any] = []
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        items.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return items
 
 
 def utc_text(moment: datetime) -> str:

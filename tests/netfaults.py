@@ -113,27 +113,36 @@ _ACCESS_DENIED = (
 )
 
 
-class _DenyAll(http.server.BaseHTTPRequestHandler):
-    def _deny(self) -> None:
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(_ACCESS_DENIED)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(_ACCESS_DENIED)
+class _HttpStub:
+    """An HTTP server on a free port of 127.0.0.1 that answers every request
+    with :meth:`answer`'s status, content type and body."""
 
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _deny
+    def answer(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        raise NotImplementedError
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    def __enter__(self) -> Any:
+        stub = self
 
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _reply(self) -> None:
+                status, kind, body = stub.answer(
+                    self.command, self.path, dict(self.headers)
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
-class AccessDenied:
-    """An HTTP endpoint that answers every request as S3 does for a caller
-    without permission: 403 with an AccessDenied error document."""
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _reply
 
-    def __enter__(self) -> AccessDenied:
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyAll)
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
@@ -143,93 +152,48 @@ class AccessDenied:
         self.server.server_close()
 
 
-class Recorder:
-    """An HTTP endpoint that answers every GET with ``body`` and records the
-    path and headers of each request."""
+class AccessDenied(_HttpStub):
+    """Answers every request as S3 does for a caller without permission: 403
+    with an AccessDenied error document."""
+
+    def answer(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        return 403, "application/xml", _ACCESS_DENIED
+
+
+class Recorder(_HttpStub):
+    """Answers every request with ``body`` and records the path and headers of
+    each one."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.requests: list[tuple[str, dict[str, str]]] = []
 
-    def __enter__(self) -> Recorder:
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                recorder.requests.append((self.path, dict(self.headers)))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(recorder.body)))
-                self.end_headers()
-                self.wfile.write(recorder.body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        self.requests.append((path, headers))
+        return 200, "application/octet-stream", self.body
 
 
-class HtmlPage:
-    """An HTTP endpoint that answers every request with 200 and an HTML page,
-    as a login proxy or a wrongly configured endpoint does."""
+class HtmlPage(_HttpStub):
+    """Answers every request with 200 and an HTML page, as a login proxy or a
+    wrongly configured endpoint does."""
 
     PAGE = b"<html><body><h1>Please sign in</h1></body></html>"
 
-    def __enter__(self) -> HtmlPage:
-        page = self.PAGE
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _page(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(page)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(page)
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _page
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        return 200, "text/html", self.PAGE
 
 
-class EndlessListing:
+class EndlessListing(_HttpStub):
     """A fake artifact proxy whose listing of any directory holds one more
     directory, for ever."""
 
-    def __enter__(self) -> EndlessListing:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = b'{"files": [{"path": "d", "is_dir": true}]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
+        return 200, "application/json", b'{"files": [{"path": "d", "is_dir": true}]}'
