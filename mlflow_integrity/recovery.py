@@ -14,7 +14,7 @@ is verified again at the end.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlflow import MlflowClient
@@ -27,6 +27,7 @@ from mlflow_integrity.check import (
     measure,
     recorded_location,
     unusable_location,
+    verify,
 )
 from mlflow_integrity.digest import FileEntry
 from mlflow_integrity.errors import (
@@ -222,7 +223,7 @@ def _plan(
     added = [key for key in added if key not in restored_keys]
     remove: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    if added and _versioning(store) == "Enabled":
+    if added and store.versioning() == "Enabled":
         remove = tuple(added)
     elif added:
         # With versioning suspended a delete removes the "null" version
@@ -242,16 +243,6 @@ def _plan(
         notes=notes,
         key_prefix=store.key_prefix,
     )
-
-
-def _versioning(store: S3Store) -> str:
-    try:
-        return store.versioning()
-    except Exception as exc:
-        raise StoreReadError(
-            f"Reading the versioning of bucket {store.bucket} failed: {exc}",
-            source=store.uri,
-        ) from exc
 
 
 def _verify_version(
@@ -321,22 +312,5 @@ def restore(
             version=version,
             source=store.uri,
         ) from err
-    after = _check_again(client, plan)
-    return RestorePlan(
-        plan.name,
-        plan.version,
-        plan.source,
-        plan.before,
-        plan.put_back,
-        plan.remove,
-        applied=True,
-        after=after,
-        notes=plan.notes,
-        key_prefix=plan.key_prefix,
-    )
-
-
-def _check_again(client: MlflowClient, plan: RestorePlan) -> VerifyResult:
-    from mlflow_integrity.check import verify
-
-    return verify(f"models:/{plan.name}/{plan.version}", client=client)
+    after = verify(f"models:/{name}/{version}", client=client)
+    return replace(plan, applied=True, after=after)

@@ -287,6 +287,9 @@ class S3Store:
 
         Without permission to ask (``s3:GetBucketVersioning``) the answer is
         ``""``: the record then holds ETags but no version ids.
+
+        Raises:
+            StoreReadError: if the store fails otherwise.
         """
         from botocore.exceptions import ClientError
 
@@ -302,7 +305,9 @@ class S3Store:
                     self.bucket,
                 )
                 return ""
-            raise
+            raise store_error(self.uri, "Reading the versioning of", exc) from exc
+        except _store_call_errors() as exc:
+            raise store_error(self.uri, "Reading the versioning of", exc) from exc
         return str(answer.get("Status") or "")
 
     def versioned(self) -> bool:
