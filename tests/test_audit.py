@@ -212,21 +212,14 @@ def test_prompts_are_not_audited(integrity_registry, registered):
 
 
 def test_quick_mode_on_s3(
-    integrity_registry, s3_endpoint, monkeypatch, classifier, tmp_path
+    integrity_registry, s3_endpoint, s3_bucket, classifier, tmp_path
 ):
     """On a versioned bucket quick mode compares object metadata, and the
     row says which mode ran; an overwritten object is MODIFIED either way."""
-    import uuid
-
     import boto3
 
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
-    bucket = f"audit-{uuid.uuid4().hex[:12]}"
+    bucket = s3_bucket
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(
-        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
-    )
     experiment = integrity_registry.client.create_experiment(
         bucket, artifact_location=f"s3://{bucket}/mlflow"
     )
